@@ -1,0 +1,430 @@
+"""``NCAccumulator``: the streaming, torchmetrics-style neural-collapse metric state.
+
+Two passes over the data, never holding all features:
+
+* **pass 1** (``update``): per-class counts and sums, per-class M2 and — with
+  ``within="full"`` — the pooled d×d within-class scatter (Chan's formula, float64);
+  sums for the clean centroids; logit moments; accuracy and ECE bins.
+* **pass 2** (``start_second_pass`` then ``update`` again over the same data):
+  everything that needs the final class means — the nearest-class-centre
+  mismatch (NC4), memorization, dilation, the noisy-centroid projection, the
+  optional per-sample scores, and with ``within="projected"`` the projection
+  ``Qᵀ Σ_W Q`` that NC1 needs (O(b·d·C) per batch instead of O(b·d²)).
+
+With ``within="full"``, ``compute()`` after pass 1 alone already gives NC1–NC3,
+CDNV, accuracy and ECE; the pass-2 metrics are then ``None`` and listed in
+``result.info["missing"]``. Memory is O(C·d + d²) (full) or O(C·d) (projected),
+independent of n; per-sample scores are O(n) scalars when asked for.
+
+State lives in float64 on the device of the first batch (CPU or CUDA).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from nclab.metrics import geometry as geo
+from nclab.metrics.calibration import CalibrationState
+from nclab.metrics.conventions import DEFAULT_CONVENTION, Convention, get_convention
+from nclab.metrics.ncc import NCCState, squared_distances
+from nclab.metrics.noise import NoiseState, noise_metrics
+from nclab.metrics.result import NCResult
+from nclab.metrics.validation import (
+    as_tensor,
+    check_classifier,
+    check_features,
+    check_labels,
+    check_num_classes,
+)
+from nclab.metrics.within_class import (
+    ClassMoments,
+    ProjectedScatter,
+    Spectrum,
+    cdnv,
+    centred_spectrum,
+    nc1_from_projection,
+)
+
+PASS2_KEYS = (
+    "nc4_ncc_mismatch",
+    "nc4_ncc_mismatch_bias",
+    "nc4_ncc_mismatch_nobias",
+    "memorization",
+    "memorization_std",
+    "memorization_normalized",
+    "dilation",
+    "dilation_std",
+    "dilation_normalized",
+    "noisy_centroid_projection",
+    "memorization_per_class",
+    "dilation_per_class",
+    "noisy_centroid_projection_pairs",
+)
+
+
+class NCAccumulator:
+    """Streaming neural-collapse metrics.
+
+    Parameters
+    ----------
+    num_classes : int
+        C, the number of (given) label classes; labels must lie in ``[0, C)``.
+    convention : str or Convention
+        One of ``papyan2020``, ``papyan_colab``, ``zhu2021`` (default), ``rhubarbwu``;
+        see ``nclab.metrics.conventions``.
+    weight, bias : array (C×d), array (C), optional
+        The last layer. When given, logits ``h Wᵀ + b`` are computed for batches
+        that come without ``logits`` (accuracy, ECE, NC1 on logits, NC4).
+    within : {"full", "projected"}
+        How Σ_W is accumulated (see module docstring). Both are exact.
+    per_sample : bool
+        Keep per-sample scores from pass 2 (``result.per_sample``).
+    ece_bins : int
+        Number of equal-width ECE bins (15, as the official code).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        convention: str | Convention = DEFAULT_CONVENTION,
+        weight: Any = None,
+        bias: Any = None,
+        within: Literal["full", "projected"] = "full",
+        per_sample: bool = False,
+        ece_bins: int = 15,
+    ) -> None:
+        self.num_classes = check_num_classes(num_classes)
+        self.convention = get_convention(convention)
+        if within not in ("full", "projected"):
+            raise ValueError(f"within must be 'full' or 'projected'; got {within!r}")
+        self.within = within
+        self.per_sample = per_sample
+        self.ece_bins = ece_bins
+        self._weight_in, self._bias_in = weight, bias
+        self.reset()
+
+    # ------------------------------------------------------------------ state
+    def reset(self) -> None:
+        """Forget everything seen (both passes)."""
+        C = self.num_classes
+        self.phase = 1
+        self._device: torch.device | None = None
+        self._weight: torch.Tensor | None = None
+        self._bias: torch.Tensor | None = None
+        self._moments = ClassMoments(C, full_scatter=self.within == "full")
+        self._logit_moments = ClassMoments(C, full_scatter=True)
+        self._calib = CalibrationState(bins=self.ece_bins)
+        self._has_clean: bool | None = None
+        self._has_logits: bool | None = None
+        self._clean_sum: torch.Tensor | None = None
+        self._clean_count: torch.Tensor | None = None
+        self._mislabeled = 0
+        self._derived: dict[str, Any] | None = None
+        self._pass2_n = 0
+        self._proj: ProjectedScatter | None = None
+        self._ncc: NCCState | None = None
+        self._noise: NoiseState | None = None
+        self._samples: dict[str, list[torch.Tensor]] = {}
+
+    # ------------------------------------------------------------------ input
+    def _prepare(self, features, labels, clean_labels, logits):
+        dev = self._device
+        x = as_tensor(features, name="features", device=dev)
+        if dev is None:
+            dev = self._device = x.device
+            self._weight, self._bias = check_classifier(
+                self._weight_in, self._bias_in, num_classes=self.num_classes, dim=None, device=dev
+            )
+        x = check_features(x, name="features", dim=self._moments.dim)
+        if self._weight is not None and self._weight.shape[1] != x.shape[1]:
+            raise ValueError(f"weight has {self._weight.shape[1]} columns but features have dimension {x.shape[1]}")
+        n = x.shape[0]
+        y = check_labels(as_tensor(labels, name="labels", device=dev), n=n, num_classes=self.num_classes)
+        yc = None
+        if clean_labels is not None:
+            yc = check_labels(
+                as_tensor(clean_labels, name="clean_labels", device=dev),
+                n=n,
+                num_classes=self.num_classes,
+                name="clean_labels",
+            )
+        z = None
+        if logits is not None:
+            z = check_features(as_tensor(logits, name="logits", device=dev), name="logits")
+            if z.shape != (n, self.num_classes):
+                raise ValueError(f"logits must have shape ({n}, {self.num_classes}); got {tuple(z.shape)}")
+        elif self._weight is not None:
+            z = x @ self._weight.T + (self._bias if self._bias is not None else 0.0)
+        for attr, present, what in (("_has_clean", yc is not None, "clean_labels"), ("_has_logits", z is not None, "logits")):
+            seen = getattr(self, attr)
+            if seen is None:
+                setattr(self, attr, present)
+            elif seen != present:
+                raise ValueError(f"{what} were given for some batches but not for others")
+        return x, y, yc, z
+
+    def update(self, features: Any, labels: Any, *, clean_labels: Any = None, logits: Any = None) -> None:
+        """Fold in one batch: ``features`` (b×d), ``labels`` (b), optional ``clean_labels`` (b), ``logits`` (b×C).
+
+        In pass 2 the same batches must be fed again (any order, any partition).
+        """
+        x, y, yc, z = self._prepare(features, labels, clean_labels, logits)
+        if x.shape[0] == 0:
+            return
+        if self.phase == 1:
+            self._update_pass1(x, y, yc, z)
+        else:
+            self._update_pass2(x, y, yc, z)
+
+    def _update_pass1(self, x, y, yc, z) -> None:
+        self._moments.update(x, y)
+        if z is not None:
+            self._logit_moments.update(z, y)
+            self._calib.update(z, y, yc)
+        if yc is not None:
+            C = self.num_classes
+            if self._clean_sum is None:
+                self._clean_sum = torch.zeros(C, x.shape[1], dtype=torch.float64, device=x.device)
+                self._clean_count = torch.zeros(C, dtype=torch.float64, device=x.device)
+            ok = y == yc
+            self._clean_sum.index_add_(0, y[ok], x[ok])
+            self._clean_count.index_add_(0, y[ok], torch.ones(int(ok.sum()), dtype=torch.float64, device=x.device))
+            self._mislabeled += int((~ok).sum())
+
+    # ------------------------------------------------------------- pass two
+    def start_second_pass(self) -> None:
+        """Freeze pass 1 (class means, spectrum, clean centroids) and start pass 2."""
+        if self.phase != 1:
+            raise RuntimeError("the second pass has already started; call reset() to begin again")
+        self._derived = self._derive()
+        d = self._derived
+        self.phase = 2
+        if self.within == "projected":
+            self._proj = ProjectedScatter(d["means"], d["spectrum"].U)
+        self._ncc = NCCState()
+        if d["centroids"] is not None:
+            self._noise = NoiseState(self.num_classes, d["centroids"])
+
+    def _derive(self) -> dict[str, Any]:
+        m = self._moments
+        if m.n == 0:
+            raise ValueError("no samples were given (update() was never called with a non-empty batch)")
+        empty = [c for c in range(self.num_classes) if float(m.count[c]) == 0]
+        if empty:
+            raise ValueError(
+                f"class(es) {empty} have no samples (num_classes={self.num_classes}); "
+                "NC metrics need every class present — pass num_classes equal to the classes present"
+            )
+        means = m.means()
+        gm = m.sum.sum(dim=0) / m.n if self.convention.global_mean == "samples" else means.mean(dim=0)
+        centred = means - gm
+        spectrum = centred_spectrum(centred)
+        C, dim = self.num_classes, m.dim
+        msgs = []
+        if dim < C - 1:
+            msgs.append(f"feature dimension d={dim} < C-1={C - 1}: Σ_B has rank at most {dim}")
+        if spectrum.rank < min(C - 1, dim):
+            msgs.append(f"Σ_B is rank-deficient (rank {spectrum.rank} < {min(C - 1, dim)})")
+        if msgs:
+            warnings.warn("; ".join(msgs) + f"; NC1 uses rank {spectrum.rank}", RuntimeWarning, stacklevel=3)
+        centroids = None
+        if self._has_clean:
+            missing = [c for c in range(C) if float(self._clean_count[c]) == 0]
+            if missing:
+                warnings.warn(
+                    f"class(es) {missing} have no correctly labelled samples: memorization and "
+                    "dilation are undefined and reported as None",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+            else:
+                centroids = self._clean_sum / self._clean_count[:, None]
+        return dict(means=means, global_mean=gm, centred=centred, spectrum=spectrum, centroids=centroids, warnings=msgs)
+
+    def _update_pass2(self, x, y, yc, z) -> None:
+        d = self._derived
+        self._pass2_n += x.shape[0]
+        if self._proj is not None:
+            self._proj.update(x, y)
+        d2 = squared_distances(x, d["means"])
+        ncc_pred = d2.argmin(dim=1)
+        pred_b = pred_nb = None
+        if z is not None:
+            pred_b = z.argmax(dim=1)
+            if self._weight is not None:
+                pred_nb = (x @ self._weight.T).argmax(dim=1)
+            elif self._bias is None:
+                pred_nb = pred_b  # logits without a known bias: treat as bias-free
+        self._ncc.update(ncc_pred, pred_b, pred_nb)
+        dist_true = None
+        if self._noise is not None and yc is not None:
+            dist_true = self._noise.update(x, y, yc)
+        if self.per_sample:
+            own = d2.gather(1, y[:, None]).squeeze(1)
+            other = d2.scatter(1, y[:, None], float("inf")).min(dim=1).values
+            rec = {"dist_given_mean": own.sqrt(), "dist_nearest_other_mean": other.sqrt(), "ncc_pred": ncc_pred}
+            if dist_true is not None:
+                rec["dist_true_centroid"] = dist_true
+                rec["memorization"] = torch.where(y != yc, dist_true, torch.full_like(dist_true, float("nan")))
+            for k, v in rec.items():
+                self._samples.setdefault(k, []).append(v.cpu())
+
+    # ---------------------------------------------------------------- merge
+    def merge(self, other: "NCAccumulator") -> None:
+        """Add another accumulator's state (same C, convention, pass), e.g. from another worker."""
+        if other.num_classes != self.num_classes or other.convention != self.convention:
+            raise ValueError("can only merge accumulators with the same num_classes and convention")
+        if other.phase != self.phase:
+            raise ValueError(f"cannot merge a pass-{other.phase} accumulator into a pass-{self.phase} one")
+        if self.phase == 1:
+            self._merge_pass1(other)
+        else:
+            if not torch.equal(self._derived["means"], other._derived["means"].to(self._derived["means"].device)):
+                raise ValueError("pass-2 states were started from different pass-1 results; merge pass 1 first")
+            self._pass2_n += other._pass2_n
+            if self._proj is not None:
+                self._proj.merge(other._proj)
+            self._ncc.merge(other._ncc)
+            if self._noise is not None:
+                self._noise.merge(other._noise)
+            for k, v in other._samples.items():
+                self._samples.setdefault(k, []).extend(v)
+
+    def _merge_pass1(self, other: "NCAccumulator") -> None:
+        if other._moments.n == 0:
+            return
+        if self._moments.n == 0:
+            self._device = other._device
+            self._weight, self._bias = other._weight, other._bias
+            self._has_clean, self._has_logits = other._has_clean, other._has_logits
+        elif (self._has_clean, self._has_logits) != (other._has_clean, other._has_logits):
+            raise ValueError("cannot merge: one accumulator saw clean_labels/logits and the other did not")
+        self._moments.merge(other._moments)
+        self._logit_moments.merge(other._logit_moments)
+        self._calib.merge(other._calib)
+        if other._clean_sum is not None:
+            if self._clean_sum is None:
+                self._clean_sum = torch.zeros_like(other._clean_sum)
+                self._clean_count = torch.zeros_like(other._clean_count)
+            self._clean_sum += other._clean_sum.to(self._clean_sum.device)
+            self._clean_count += other._clean_count.to(self._clean_count.device)
+        self._mislabeled += other._mislabeled
+
+    # -------------------------------------------------------------- compute
+    def compute(self, *, weight: Any = None, bias: Any = None) -> NCResult:
+        """All metrics from the state so far. ``weight``/``bias`` override the constructor's."""
+        conv = self.convention
+        d = self._derived if self._derived is not None else self._derive()
+        m = self._moments
+        C, n, dim = self.num_classes, m.n, m.dim
+        if self.phase == 2 and self._pass2_n != n:
+            raise ValueError(f"the second pass saw {self._pass2_n} samples but the first saw {n}; feed the same data")
+        if weight is not None or bias is not None:
+            W, b = check_classifier(weight, bias, num_classes=C, dim=dim, device=self._device)
+        else:
+            W, b = self._weight, self._bias
+            if W is not None and W.shape[1] != dim:
+                raise ValueError(f"weight has {W.shape[1]} columns but features have dimension {dim}")
+        spectrum: Spectrum = d["spectrum"]
+        centred, means, gm = d["centred"], d["means"], d["global_mean"]
+        v: dict[str, Any] = {"n_samples": n, "num_classes": C, "feature_dim": dim}
+
+        # NC1 family
+        if self.within == "full":
+            P = spectrum.U.T @ (m.scatter / n) @ spectrum.U
+        elif self.phase == 2:
+            P = self._proj.gram / n
+        else:
+            P = None
+        if P is not None:
+            v["nc1"] = nc1_from_projection(P, spectrum, num_classes=C, divide=conv.nc1_divide_by_classes, pinv=False)
+            v["nc1_pinv"] = nc1_from_projection(P, spectrum, num_classes=C, divide=conv.nc1_divide_by_classes, pinv=True)
+        else:
+            v["nc1"] = v["nc1_pinv"] = None
+        v["nc1_rank"] = spectrum.rank
+        tr_w = float(m.m2.sum()) / n
+        tr_b = float((centred * centred).sum()) / C
+        v["nc1_trace_ratio"] = tr_w / tr_b if tr_b > 0 else float("inf")
+        v["nc1_logits"] = self._nc1_logits(conv) if self._has_logits else None
+        var = m.m2 / (m.count - conv.std_ddof).clamp_min(1.0)
+        v["cdnv"] = cdnv(means, var)
+
+        # NC2 / NC3 / NC4 geometry
+        ddof = conv.std_ddof
+        v["nc2_equinorm_means"] = geo.coefficient_of_variation(torch.linalg.vector_norm(centred, dim=1), ddof=ddof)
+        v["nc2_equiangular_means"], v["nc2_cos_std_means"] = geo.cosine_stats(centred, ddof=ddof)
+        v["nc2_etf_error_means"] = geo.etf_error(centred @ centred.T)
+        v["nc2_orthogonal_error_means"] = geo.orthogonal_error(means @ means.T)
+        if W is not None:
+            Wg = W - W.mean(dim=0) if conv.center_weights else W
+            v["nc2_equinorm_weights"] = geo.coefficient_of_variation(torch.linalg.vector_norm(Wg, dim=1), ddof=ddof)
+            v["nc2_equiangular_weights"], v["nc2_cos_std_weights"] = geo.cosine_stats(Wg, ddof=ddof)
+            v["nc2_etf_error_weights"] = geo.etf_error(Wg @ Wg.T)
+            v["nc2_orthogonal_error_weights"] = geo.orthogonal_error(W @ W.T)
+            v["nc3_papyan"] = geo.nc3_papyan(W, centred)
+            v["nc3_zhu"] = geo.nc3_zhu(W, centred)
+            v["nc4_bias_norm"] = geo.bias_norm(W, gm, b, sign=conv.bias_sign)
+        else:
+            for k in (
+                "nc2_equinorm_weights", "nc2_equiangular_weights", "nc2_cos_std_weights", "nc2_etf_error_weights",
+                "nc2_orthogonal_error_weights", "nc3_papyan", "nc3_zhu", "nc4_bias_norm",
+            ):
+                v[k] = None
+
+        # classifier outputs
+        if self._has_logits:
+            v["accuracy"] = self._calib.accuracy()
+            v["accuracy_clean"] = self._calib.accuracy_clean()
+            v["ece"] = self._calib.ece()
+        else:
+            v["accuracy"] = v["accuracy_clean"] = v["ece"] = None
+        v["realized_noise_rate"] = self._mislabeled / n if self._has_clean else None
+
+        # pass-2 metrics
+        missing: list[str] = []
+        if self.phase == 2:
+            with_b, without_b = self._ncc.rates()
+            v["nc4_ncc_mismatch_bias"], v["nc4_ncc_mismatch_nobias"] = with_b, without_b
+            v["nc4_ncc_mismatch"] = with_b if conv.ncc_use_bias else without_b
+            if self._noise is not None:
+                v.update(noise_metrics(self._noise, ddof=ddof))
+            else:
+                for k in PASS2_KEYS[3:]:
+                    v[k] = None
+                v["clean_centroid_distance"] = None
+        else:
+            for k in PASS2_KEYS:
+                v[k] = None
+            v["clean_centroid_distance"] = None
+            missing = list(PASS2_KEYS) + (["nc1", "nc1_pinv"] if P is None else [])
+        per_sample = None
+        if self.per_sample and self.phase == 2:
+            per_sample = {k: torch.cat(vs).numpy() for k, vs in self._samples.items()}
+        info = {
+            "convention": conv.name,
+            "within": self.within,
+            "nc1_rank": spectrum.rank,
+            "pinv_rank": spectrum.pinv_rank,
+            "warnings": list(d["warnings"]),
+            "missing": missing,
+        }
+        return NCResult(values=v, per_sample=per_sample, info=info)
+
+    def _nc1_logits(self, conv: Convention) -> float | None:
+        lm = self._logit_moments
+        if lm.n == 0:
+            return None
+        means = lm.means()
+        gm = lm.sum.sum(dim=0) / lm.n if conv.global_mean == "samples" else means.mean(dim=0)
+        spec = centred_spectrum(means - gm)
+        P = spec.U.T @ (lm.scatter / lm.n) @ spec.U
+        return nc1_from_projection(P, spec, num_classes=self.num_classes, divide=conv.nc1_divide_by_classes, pinv=False)
+
+
+def _to_numpy_labels(x: Any) -> np.ndarray:  # small helper for callers that need labels back
+    return x.cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)

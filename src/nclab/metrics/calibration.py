@@ -1,0 +1,56 @@
+"""Accuracy and expected calibration error from streamed logits.
+
+ECE (Guo et al. 2017) with B equal-width confidence bins on ``max softmax``:
+``ECE = Σ_b (n_b / n) · |acc_b − conf_b|``. A confidence of exactly 1 goes to the
+last bin; bins are right-closed ``((b−1)/B, b/B]`` with 0 in the first bin.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class CalibrationState:
+    def __init__(self, *, bins: int = 15) -> None:
+        if bins < 1:
+            raise ValueError(f"bins must be >= 1; got {bins}")
+        self.bins = bins
+        self.count = torch.zeros(bins, dtype=torch.float64)
+        self.conf = torch.zeros(bins, dtype=torch.float64)
+        self.correct = torch.zeros(bins, dtype=torch.float64)
+        self.correct_clean = 0.0
+        self.n_clean = 0
+
+    def update(self, logits: torch.Tensor, y: torch.Tensor, y_clean: torch.Tensor | None) -> None:
+        p = torch.softmax(logits, dim=1)
+        conf, pred = p.max(dim=1)
+        idx = (torch.ceil(conf * self.bins).long() - 1).clamp(0, self.bins - 1)
+        ok = (pred == y).to(torch.float64)
+        dev = self.count.device
+        if dev != logits.device:
+            self.count, self.conf, self.correct = (t.to(logits.device) for t in (self.count, self.conf, self.correct))
+        self.count.index_add_(0, idx, torch.ones_like(conf))
+        self.conf.index_add_(0, idx, conf)
+        self.correct.index_add_(0, idx, ok)
+        if y_clean is not None:
+            self.correct_clean += float((pred == y_clean).sum())
+            self.n_clean += int(y.shape[0])
+
+    def merge(self, other: "CalibrationState") -> None:
+        self.count += other.count.to(self.count.device)
+        self.conf += other.conf.to(self.count.device)
+        self.correct += other.correct.to(self.count.device)
+        self.correct_clean += other.correct_clean
+        self.n_clean += other.n_clean
+
+    def accuracy(self) -> float:
+        return float(self.correct.sum() / self.count.sum())
+
+    def accuracy_clean(self) -> float | None:
+        return self.correct_clean / self.n_clean if self.n_clean else None
+
+    def ece(self) -> float:
+        n = self.count.sum()
+        nz = self.count > 0
+        gap = (self.correct[nz] - self.conf[nz]).abs()  # = n_b |acc_b - conf_b|
+        return float(gap.sum() / n)
