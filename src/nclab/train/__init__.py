@@ -1,1 +1,41 @@
+"""Training under label noise: typed config, the loop, checkpoints and resume.
 
+``train(config, run_dir=...)`` runs one experiment and writes ``config.yaml``,
+``env.json``, ``metrics.jsonl``, ``noise.npz``, ``status.json`` and
+``checkpoints/last.pt`` to the run directory (see :mod:`nclab.train.rundir`).
+"""
+
+from nclab.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from nclab.train.config import (
+    DatasetConfig,
+    LossConfig,
+    ModelConfig,
+    NoiseConfig,
+    OptimConfig,
+    ScheduleConfig,
+    TrainConfig,
+)
+from nclab.train.loop import TIMING_KEYS, RunResult, batch_bounds, prepare_data, resolve_device, train
+from nclab.train.rundir import RunDirError
+from nclab.train.schedule import lr_at
+
+__all__ = [
+    "TIMING_KEYS",
+    "CheckpointError",
+    "DatasetConfig",
+    "LossConfig",
+    "ModelConfig",
+    "NoiseConfig",
+    "OptimConfig",
+    "RunDirError",
+    "RunResult",
+    "ScheduleConfig",
+    "TrainConfig",
+    "batch_bounds",
+    "load_checkpoint",
+    "lr_at",
+    "prepare_data",
+    "resolve_device",
+    "save_checkpoint",
+    "train",
+]

@@ -1,0 +1,101 @@
+"""The evaluation pass: one eval-mode forward over a split, then the metric engine.
+
+Features and logits of a split are computed once (eval mode, ``no_grad``) and kept
+on the device; they are far smaller than the inputs (``d`` vs ``C*H*W`` per
+sample). The metric engine streams over them in batches and does its own second
+pass, so no second forward pass through the network is needed.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import Tensor, nn
+
+
+@torch.no_grad()
+def collect_outputs(model: nn.Module, x: Tensor, *, batch_size: int) -> tuple[Tensor, Tensor]:
+    """``(logits, features)`` of every row of ``x`` in eval mode; the model's mode is restored."""
+    was_training = model.training
+    model.eval()
+    try:
+        outs = [model.forward_features(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)]
+    finally:
+        model.train(was_training)
+    return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
+
+
+def nc_metrics(
+    features: Tensor,
+    labels: Tensor,
+    *,
+    num_classes: int,
+    classifier: nn.Linear,
+    logits: Tensor | None = None,
+    clean_labels: Tensor | None = None,
+    convention: str,
+    batch_size: int,
+) -> dict[str, Any]:
+    """The metric engine's flat dict for one split (``nclab.metrics.evaluate_stream``).
+
+    ``labels`` are the labels the model was trained on (noisy for the training
+    split), ``clean_labels`` the true ones (enables memorization/dilation).
+    """
+    from nclab.metrics import evaluate_stream
+
+    n = features.shape[0]
+
+    def make_batches() -> Iterator[dict[str, Tensor]]:
+        for i in range(0, n, batch_size):
+            b = {"features": features[i : i + batch_size], "labels": labels[i : i + batch_size]}
+            if logits is not None:
+                b["logits"] = logits[i : i + batch_size]
+            if clean_labels is not None:
+                b["clean_labels"] = clean_labels[i : i + batch_size]
+            yield b
+
+    res = evaluate_stream(
+        make_batches,
+        num_classes=num_classes,
+        weight=classifier.weight.detach(),
+        bias=None if classifier.bias is None else classifier.bias.detach(),
+        convention=convention,
+    )
+    return res.to_dict()
+
+
+def evaluate_split(
+    model: nn.Module,
+    x: Tensor,
+    labels: Tensor,
+    *,
+    loss_fn: Callable[[Tensor, Tensor], Tensor],
+    num_classes: int,
+    label_to_class: Tensor,
+    clean_labels: Tensor | None = None,
+    metric_clean_labels: Tensor | None = None,
+    convention: str,
+    batch_size: int,
+    metrics: bool = True,
+) -> dict[str, Any]:
+    """Loss, accuracies and (optionally) the NC metric dict of one split.
+
+    Returns ``{"loss", "acc", "acc_clean" (if clean_labels), "metrics" (dict or None)}``
+    where ``acc`` compares ``argmax`` with ``labels`` and ``acc_clean`` compares the
+    class the predicted label stands for (``label_to_class``) with ``clean_labels``.
+    """
+    logits, feats = collect_outputs(model, x, batch_size=batch_size)
+    pred = logits.argmax(dim=1)
+    with torch.no_grad():
+        loss = float(loss_fn(logits, labels))
+    out: dict[str, Any] = {"loss": loss, "acc": float((pred == labels).float().mean())}
+    if clean_labels is not None:
+        out["acc_clean"] = float((label_to_class[pred] == clean_labels).float().mean())
+    out["metrics"] = None
+    if metrics:
+        out["metrics"] = nc_metrics(
+            feats, labels, num_classes=num_classes, classifier=model.classifier, logits=logits,
+            clean_labels=metric_clean_labels, convention=convention, batch_size=batch_size,
+        )
+    return out

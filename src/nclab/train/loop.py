@@ -1,0 +1,375 @@
+"""The training loop: data -> noise -> model -> epochs -> metrics.jsonl, with resume.
+
+Read top to bottom: ``train`` prepares the run directory, the data (in-memory
+tensors, noise from stream ``"noise"``, split from ``"split"``), the model
+(``"init"``), then runs epochs with batches drawn by index from stream
+``"batches"``. Every ``eval_every`` epochs one flat record goes to
+``metrics.jsonl``; every ``checkpoint_every`` epochs (and at the end) the model,
+optimizer and batch-generator state go to ``checkpoints/last.pt``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from nclab.losses import get_loss
+from nclab.models import build_model
+from nclab.seeding import numpy_generator, torch_generator
+from nclab.store.files import append_jsonl, atomic_write_json, read_jsonl, truncate_jsonl
+from nclab.train import rundir
+from nclab.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, sidecar_path
+from nclab.train.config import OptimConfig, TrainConfig
+from nclab.train.evaluate import evaluate_split
+from nclab.train.schedule import lr_at
+
+TIMING_KEYS: tuple[str, ...] = ("elapsed_s", "epoch_time_s", "eval_time_s")
+"""Record keys that measure wall time (they differ between otherwise identical runs)."""
+
+
+@dataclass
+class RunResult:
+    """Outcome of :func:`train`.
+
+    ``status``: ``"completed"`` (all ``config.epochs`` done), ``"stopped"`` (ended
+    early by ``max_epochs``; resumable) or ``"diverged"`` (non-finite loss or
+    parameters; the last good checkpoint is kept). ``history`` holds every record
+    of ``metrics.jsonl`` (earlier sessions included), ``final`` the last one.
+    """
+
+    run_dir: Path
+    config: TrainConfig
+    history: list[dict[str, Any]]
+    final: dict[str, Any] | None
+    status: str
+    epoch: int
+    message: str = ""
+
+
+@dataclass
+class RunData:
+    """Everything the loop needs about the data, on the training device."""
+
+    x_train: Tensor
+    y_train: Tensor  # noisy training labels (the ones the loss sees)
+    clean_train: Tensor
+    metric_clean_train: Tensor  # clean labels in the training-label space (latent: see _metric_clean)
+    x_val: Tensor | None
+    y_val: Tensor | None
+    x_test: Tensor
+    y_test: Tensor
+    num_classes: int  # training labels / logits (2C with latent classes)
+    input_shape: tuple[int, ...]
+    label_to_class: Tensor
+    noise_arrays: dict[str, np.ndarray] = field(repr=False)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available else CPU; ``cuda`` without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' requested but torch.cuda.is_available() is False; use device=auto or cpu")
+    return torch.device(name)
+
+
+def _metric_clean(noisy: np.ndarray, clean: np.ndarray, label_to_class: np.ndarray) -> np.ndarray:
+    # In the training-label space a correctly labelled sample keeps its label (l or l + C for
+    # latent classes); a mislabelled one is assigned its true class c, so memorization is its
+    # distance to the clean centroid of class c.
+    return np.where(label_to_class[noisy] == clean, noisy, clean).astype(np.int64)
+
+
+def prepare_data(config: TrainConfig, device: torch.device) -> RunData:
+    """Load the dataset, apply label noise (stream ``noise``; latent classes: ``latent``),
+    split off a validation part of the noisy training set (stream ``split``)."""
+    from nclab.data import load_dataset, train_val_split
+    from nclab.noise import latent_classes, make_noise
+
+    d, nz = config.dataset, config.noise
+    splits = load_dataset(
+        d.name, data_dir=d.data_dir, classes=d.classes, per_class=d.per_class,
+        preprocess=d.preprocess, seed=config.seed, download=d.download,
+    )
+    y = np.asarray(splits.train_y, dtype=np.int64)
+    nl = make_noise(
+        y, kind=nz.kind, rate=nz.rate, num_classes=splits.num_classes,
+        generator=numpy_generator(config.seed, "noise"), exact=nz.exact,
+        transition=nz.transition, pairs=nz.pairs,
+    )
+    if nz.latent_fraction > 0:
+        nl = latent_classes(nl, fraction=nz.latent_fraction, generator=numpy_generator(config.seed, "latent"),
+                            exact=nz.exact)
+    n = y.shape[0]
+    if d.val_fraction > 0:
+        train_idx, val_idx = train_val_split(nl.noisy, fraction=d.val_fraction,
+                                             generator=numpy_generator(config.seed, "split"))
+        train_idx, val_idx = np.sort(np.asarray(train_idx)), np.sort(np.asarray(val_idx))
+    else:
+        train_idx, val_idx = np.arange(n), np.arange(0)
+    noisy, clean = np.asarray(nl.noisy), np.asarray(nl.clean)
+    l2c = np.asarray(nl.label_to_class)
+
+    def t(a: Any, dtype=None) -> Tensor:
+        return torch.as_tensor(np.asarray(a) if not isinstance(a, Tensor) else a, dtype=dtype).to(device)
+
+    x_all = torch.as_tensor(splits.train_x)
+    ti, vi = torch.as_tensor(train_idx), torch.as_tensor(val_idx)
+    arrays = {**nl.as_arrays(), "train_idx": train_idx.astype(np.int64), "val_idx": val_idx.astype(np.int64)}
+    return RunData(
+        x_train=t(x_all[ti]),
+        y_train=t(noisy[train_idx], torch.int64),
+        clean_train=t(clean[train_idx], torch.int64),
+        metric_clean_train=t(_metric_clean(noisy, clean, l2c)[train_idx], torch.int64),
+        x_val=t(x_all[vi]) if len(val_idx) else None,
+        y_val=t(noisy[val_idx], torch.int64) if len(val_idx) else None,
+        x_test=t(splits.test_x),
+        y_test=t(splits.test_y, torch.int64),
+        num_classes=int(nl.num_classes),
+        input_shape=tuple(int(s) for s in splits.input_shape),
+        label_to_class=t(l2c, torch.int64),
+        noise_arrays=arrays,
+        info={"n_train": len(train_idx), "n_val": len(val_idx), "n_test": int(splits.test_y.shape[0]),
+              "realized_noise_rate": nl.realized_rate, "class_names": list(splits.class_names)},
+    )
+
+
+def make_optimizer(cfg: OptimConfig, params) -> torch.optim.Optimizer:
+    """SGD (momentum, Nesterov, L2 weight decay) or Adam (``momentum``/``nesterov`` unused)."""
+    if cfg.name == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                               nesterov=cfg.nesterov)
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """``[start, end)`` of each batch; a trailing batch of one sample joins the previous one
+    (BatchNorm cannot normalise a single sample in train mode)."""
+    bounds = [(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+        bounds[-2:] = [(bounds[-2][0], n)]
+    return bounds
+
+
+def train_one_epoch(
+    model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: nn.Module, x: Tensor, y: Tensor, *,
+    batch_size: int, generator: torch.Generator,
+) -> float:
+    """One pass over ``x`` in a random order drawn from ``generator``; returns the mean batch loss
+    (sample-weighted). No Python work per sample: batches are index slices of in-memory tensors."""
+    model.train()
+    n = x.shape[0]
+    perm = torch.randperm(n, generator=generator).to(x.device)
+    total = torch.zeros((), dtype=torch.float64, device=x.device)
+    for s, e in batch_bounds(n, batch_size):
+        idx = perm[s:e]
+        loss = loss_fn(model(x[idx]), y[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.detach().double() * (e - s)
+    return float(total / n)
+
+
+def _finite_params(model: nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def _check_noise_file(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    old = rundir.load_npz(path)
+    for key in ("noisy", "clean", "train_idx", "val_idx"):
+        if key not in old or not np.array_equal(old[key], arrays[key]):
+            raise CheckpointError(
+                f"{path}: stored {key!r} differ from the labels this config generates now "
+                "(code or data changed since the run started); cannot resume bit-identically, use overwrite"
+            )
+
+
+def _evaluate(model: nn.Module, data: RunData, loss_fn: nn.Module, config: TrainConfig) -> dict[str, Any]:
+    kw = dict(loss_fn=loss_fn, num_classes=data.num_classes, label_to_class=data.label_to_class,
+              convention=config.convention, batch_size=config.eval_batch_size)
+    tr = evaluate_split(model, data.x_train, data.y_train, clean_labels=data.clean_train,
+                        metric_clean_labels=data.metric_clean_train, **kw)
+    te = evaluate_split(model, data.x_test, data.y_test, clean_labels=data.y_test, **kw)
+    rec: dict[str, Any] = {
+        "train_loss": tr["loss"],
+        "train_acc_noisy": tr["acc"],
+        "train_acc_clean": tr["acc_clean"],
+        "test_loss": te["loss"],
+        "test_acc": te["acc_clean"],  # predicted label mapped to its class (identity unless latent)
+    }
+    if data.x_val is not None:
+        va = evaluate_split(model, data.x_val, data.y_val, metrics=False, **kw)
+        rec["val_loss"], rec["val_acc_noisy"] = va["loss"], va["acc"]
+    rec.update({f"train.{k}": v for k, v in tr["metrics"].items()})
+    rec.update({f"test.{k}": v for k, v in te["metrics"].items()})
+    return rec
+
+
+class _Progress:
+    """A rich progress bar over epochs (or nothing when disabled)."""
+
+    def __init__(self, enabled: bool, total: int, start: int, name: str):
+        self.bar = None
+        if enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.bar = Progress(TextColumn("[bold]{task.fields[name]}"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.description}"), TimeElapsedColumn())
+            self.bar.start()
+            self.task = self.bar.add_task("", total=total, completed=start, name=name)
+
+    def update(self, epoch: int, record: dict[str, Any] | None, loss: float) -> None:
+        if self.bar is None:
+            return
+        desc = f"loss {loss:.4f}"
+        if record is not None:
+            nc1 = record.get("train.nc1")
+            desc += f"  acc {record['train_acc_noisy']:.3f}  test {record['test_acc']:.3f}"
+            desc += f"  NC1 {nc1:.3g}" if isinstance(nc1, float) else "  NC1 -"
+        self.bar.update(self.task, completed=epoch, description=desc)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def train(
+    config: TrainConfig,
+    *,
+    run_dir: str | Path,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    max_epochs: int | None = None,
+) -> RunResult:
+    """Train one model as ``config`` says and record it in ``run_dir``.
+
+    ``resume=True`` continues the run in ``run_dir`` from its last checkpoint
+    (records after the checkpoint epoch are dropped and recomputed); on CPU the
+    result is bit-identical to an uninterrupted run. ``overwrite=True`` deletes
+    nclab's files in ``run_dir`` and starts over; without either, a ``run_dir``
+    that already holds a run is refused. ``max_epochs`` stops after that epoch
+    (status ``"stopped"``, resumable) — for time-boxed sessions and tests.
+    A non-finite loss or parameter stops the run with status ``"diverged"``,
+    keeping the last good checkpoint.
+    """
+    if max_epochs is not None and max_epochs < 1:
+        raise ValueError(f"max_epochs must be >= 1; got {max_epochs}")
+    run_dir = Path(run_dir)
+    resuming = rundir.prepare_run_dir(run_dir, config, resume=resume, overwrite=overwrite)
+    device = resolve_device(config.device)
+    data = prepare_data(config, device)
+
+    model = build_model(config.model.name, input_shape=data.input_shape, num_classes=data.num_classes,
+                        generator=torch_generator(config.seed, "init"), **config.model.options()).to(device)
+    optimizer = make_optimizer(config.optim, model.parameters())
+    loss_fn = get_loss(config.loss.name, **config.loss.params())
+    batches = torch_generator(config.seed, "batches")
+    ckpt_path = run_dir / rundir.CHECKPOINT
+    metrics_path = run_dir / rundir.METRICS
+    noise_path = run_dir / rundir.NOISE
+
+    start, elapsed = 0, 0.0
+    sessions: list[dict[str, Any]] = []
+    if resuming and ckpt_path.exists():
+        state = load_checkpoint(ckpt_path, config_hash=config.config_hash())
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            batches.set_state(state["batch_rng"])
+            start, elapsed = int(state["epoch"]), float(state["elapsed_s"])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise CheckpointError(f"checkpoint {ckpt_path} does not fit this model/optimizer: {exc}") from None
+        if noise_path.exists():
+            _check_noise_file(noise_path, data.noise_arrays)
+        try:
+            sessions = list(json.loads((run_dir / rundir.ENV).read_text()).get("sessions", []))
+        except (OSError, ValueError):
+            sessions = []
+    else:
+        rundir.write_config(run_dir, config)
+    kept = [r for r in read_jsonl(metrics_path) if r.get("epoch", 0) <= start]
+    truncate_jsonl(metrics_path, kept)
+    rundir.save_npz(noise_path, data.noise_arrays)
+    env = rundir.environment(config, device)
+    env["sessions"] = sessions + [{"start_epoch": start, "device": str(device), "hostname": env["hostname"],
+                                   "git_commit": env["git_commit"], "started": time.strftime("%Y-%m-%dT%H:%M:%S")}]
+    env["data"] = data.info
+    rundir.write_env(run_dir, env)
+
+    end = config.epochs if max_epochs is None else min(config.epochs, max_epochs)
+    status, message, epoch_done = "completed", "", start
+    bar = _Progress(progress, config.epochs, start, config.name)
+    t_session = time.perf_counter()
+    try:
+        for epoch in range(start + 1, end + 1):
+            lr = lr_at(config.schedule, base_lr=config.optim.lr, epoch=epoch, total_epochs=config.epochs)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            t0 = time.perf_counter()
+            run_loss = train_one_epoch(model, optimizer, loss_fn, data.x_train, data.y_train,
+                                       batch_size=config.batch_size, generator=batches)
+            epoch_time = time.perf_counter() - t0
+            if not (np.isfinite(run_loss) and _finite_params(model)):
+                status = "diverged"
+                last = _ckpt_epoch(ckpt_path)
+                kept_msg = (f"kept the last good checkpoint (epoch {last}) in {ckpt_path}" if last is not None
+                            else "no checkpoint had been written yet")
+                message = (f"training diverged in epoch {epoch} (lr {lr:g}): the loss or the parameters became "
+                           f"non-finite; {kept_msg}. Lower optim.lr or add a schedule.")
+                break
+            record = None
+            if epoch % config.eval_every == 0 or epoch == config.epochs:
+                t1 = time.perf_counter()
+                ev = _evaluate(model, data, loss_fn, config)
+                eval_time = time.perf_counter() - t1
+                record = {"epoch": epoch, "lr": lr,
+                          "elapsed_s": elapsed + time.perf_counter() - t_session,
+                          "epoch_time_s": epoch_time, "eval_time_s": eval_time,
+                          "train_loss_running": run_loss, **ev}
+                record = _ordered(record)
+                append_jsonl(metrics_path, record)
+            epoch_done = epoch
+            if epoch % config.checkpoint_every == 0 or epoch == end:
+                save_checkpoint(ckpt_path, {
+                    "epoch": epoch,
+                    "elapsed_s": elapsed + time.perf_counter() - t_session,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "batch_rng": batches.get_state(),
+                }, config_hash=config.config_hash())
+            bar.update(epoch, record, run_loss)
+    finally:
+        bar.close()
+    if status == "completed" and epoch_done < config.epochs:
+        status = "stopped"
+        message = f"stopped after epoch {epoch_done} of {config.epochs} (max_epochs); resume to continue"
+    history = read_jsonl(metrics_path)
+    atomic_write_json(run_dir / rundir.STATUS, {"status": status, "epoch": epoch_done, "message": message})
+    return RunResult(run_dir=run_dir, config=config, history=history, final=history[-1] if history else None,
+                     status=status, epoch=epoch_done, message=message)
+
+
+_HEAD = ("epoch", "lr", "elapsed_s", "train_loss", "train_acc_noisy", "train_acc_clean", "test_loss", "test_acc",
+         "val_loss", "val_acc_noisy", "train_loss_running", "epoch_time_s", "eval_time_s")
+
+
+def _ordered(record: dict[str, Any]) -> dict[str, Any]:
+    head = {k: record[k] for k in _HEAD if k in record}
+    return {**head, **{k: v for k, v in record.items() if k not in head}}
+
+
+def _ckpt_epoch(path: Path) -> int | None:
+    try:
+        return int(json.loads(sidecar_path(path).read_text())["epoch"])
+    except (OSError, ValueError, KeyError):
+        return None
