@@ -1,0 +1,436 @@
+"""The results store: one SQLite file (``index.sqlite``) next to the run directories.
+
+Layout of a store directory::
+
+    STORE/
+      index.sqlite       the run table (this module); WAL mode, safe for several processes
+      runs/<hash>/       one run directory per config hash (trainer output: metrics.jsonl, ...)
+      optuna.sqlite      hyperparameter-search state (nclab.sweep.search), when used
+
+Every run is one row keyed by its config hash (PRIMARY KEY: no duplicate rows, ever). Its
+``status`` moves ``pending -> running -> completed | failed`` and only through these
+single-statement, conditional updates:
+
+* ``claim``: ``pending -> running`` iff the row is still pending (SQLite serialises writers,
+  so of two processes claiming the same run exactly one sees ``rowcount == 1``). The claimer
+  writes its owner token, host, pid (+ the pid's start time, against pid reuse) and a
+  heartbeat.
+* ``complete`` / ``fail``: ``running -> completed | failed`` iff the row is still owned by the
+  caller's token. The final metrics are written *in the same statement* that marks the run
+  completed: a run directory without a committed row is never counted as a result.
+* ``reclaim_stale``: ``running -> pending`` when the owner is dead (same host and its pid is
+  gone or was reused) or its heartbeat is older than ``stale_after`` seconds (other hosts).
+  A late ``complete`` from a reclaimed owner is then refused (the token no longer matches).
+
+Works on local disks; SQLite's WAL mode does not work over network file systems (NFS/SMB):
+share a store across machines through one driver (the Ray executor) instead.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import socket
+import sqlite3
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+from nclab.store.files import to_json
+
+__all__ = ["RunStore", "Owner", "STATUSES", "pid_start_time", "pid_alive", "flatten"]
+
+STATUSES: tuple[str, ...] = ("pending", "running", "completed", "failed")
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    hash       TEXT PRIMARY KEY,
+    name       TEXT NOT NULL,
+    status     TEXT NOT NULL CHECK (status IN ('pending', 'running', 'completed', 'failed')),
+    config     TEXT NOT NULL,
+    outcome    TEXT,
+    error      TEXT,
+    attempts   INTEGER NOT NULL DEFAULT 0,
+    created    REAL NOT NULL,
+    started    REAL,
+    finished   REAL,
+    duration   REAL,
+    heartbeat  REAL,
+    final      TEXT,
+    owner      TEXT,
+    host       TEXT,
+    pid        INTEGER,
+    pid_start  INTEGER
+);
+CREATE INDEX IF NOT EXISTS runs_status ON runs (status);
+CREATE TABLE IF NOT EXISTS sweep_runs (
+    sweep TEXT NOT NULL,
+    hash  TEXT NOT NULL REFERENCES runs (hash),
+    PRIMARY KEY (sweep, hash)
+);
+"""
+
+
+def pid_start_time(pid: int) -> int | None:
+    """The start time of ``pid`` in clock ticks since boot (Linux ``/proc``), or None."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # field 2 (comm) may contain spaces; fields after the last ')' are space separated
+    rest = raw.rsplit(")", 1)[-1].split()
+    try:
+        return int(rest[19])  # field 22 overall
+    except (IndexError, ValueError):
+        return None
+
+
+def pid_alive(pid: int, start: int | None = None) -> bool:
+    """Whether ``pid`` exists on this host (and, if ``start`` is given, is the same process)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, owned by someone else
+    if start is not None:
+        now = pid_start_time(pid)
+        if now is not None and now != start:
+            return False  # the pid was reused by a new process
+    # a zombie (killed, not yet reaped) is dead for our purposes
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+        if state in ("Z", "X"):
+            return False
+    except (OSError, IndexError):
+        pass
+    return True
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Who claims runs: a random token plus host, pid and the pid's start time."""
+
+    token: str = field(default_factory=lambda: uuid.uuid4().hex)
+    host: str = field(default_factory=socket.gethostname)
+    pid: int = field(default_factory=os.getpid)
+    pid_start: int | None = field(default_factory=lambda: pid_start_time(os.getpid()))
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dict -> ``{"a.b": value}``; lists kept as JSON strings (one CSV cell each)."""
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        elif isinstance(v, (list, tuple)):
+            out[key] = json.dumps(v)
+        else:
+            out[key] = v
+    return out
+
+
+class RunStore:
+    """The SQLite run index of a store directory (see the module docstring).
+
+    Parameters
+    ----------
+    root : store directory (created if missing).
+    stale_after : seconds without a heartbeat after which another host's running claim is
+        considered dead (same-host claims are checked by pid, immediately).
+    """
+
+    def __init__(self, root: str | Path, *, stale_after: float = 300.0, create: bool = True):
+        self.root = Path(root)
+        if not create and not (self.root / "index.sqlite").exists():
+            raise FileNotFoundError(f"no results store at {self.root} (missing {self.root / 'index.sqlite'})")
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.db_path = self.root / "index.sqlite"
+        self.runs_dir = self.root / "runs"
+        self.stale_after = float(stale_after)
+        self._local = threading.local()
+        self._init_schema()
+
+    # ------------------------------------------------------------------ connection
+    def _con(self) -> sqlite3.Connection:
+        con = getattr(self._local, "con", None)
+        if con is None or getattr(self._local, "pid", None) != os.getpid():
+            # one connection per thread and process: sqlite3 connections must not cross forks
+            con = sqlite3.connect(self.db_path, timeout=60.0, isolation_level=None)
+            con.row_factory = sqlite3.Row
+            con.execute("PRAGMA busy_timeout = 60000")
+            mode = con.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise RuntimeError(f"{self.db_path}: could not enable WAL mode (got {mode!r}); is this a network file system?")
+            con.execute("PRAGMA synchronous = NORMAL")  # WAL+NORMAL: durable across process crashes
+            con.execute("PRAGMA foreign_keys = ON")
+            self._local.con = con
+            self._local.pid = os.getpid()
+        return con
+
+    class _Tx:
+        def __init__(self, con: sqlite3.Connection):
+            self.con = con
+
+        def __enter__(self) -> sqlite3.Connection:
+            self.con.execute("BEGIN IMMEDIATE")  # take the write lock now: no upgrade deadlocks
+            return self.con
+
+        def __exit__(self, exc_type, exc, tb) -> None:
+            self.con.execute("COMMIT" if exc_type is None else "ROLLBACK")
+
+    def _tx(self) -> "RunStore._Tx":
+        return RunStore._Tx(self._con())
+
+    def _init_schema(self) -> None:
+        con = self._con()
+        con.executescript(_SCHEMA)  # idempotent (IF NOT EXISTS); executescript commits itself
+        with self._tx() as c:
+            row = c.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            if row is None:
+                c.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            elif int(row[0]) != SCHEMA_VERSION:
+                raise RuntimeError(f"{self.db_path}: schema version {row[0]}, this nclab reads {SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        con = getattr(self._local, "con", None)
+        if con is not None:
+            con.close()
+            self._local.con = None
+
+    # ------------------------------------------------------------------ writes
+    def run_dir(self, hash_: str) -> Path:
+        """The run directory of ``hash_`` (``STORE/runs/<hash>``)."""
+        return self.runs_dir / hash_
+
+    def register(self, runs: Iterable[Any], *, sweep: str | None = None) -> int:
+        """Insert runs (objects or dicts with ``hash``, ``name``, ``config``) as pending unless
+        present; returns how many rows are new. Existing rows are never changed."""
+        now = time.time()
+        new = 0
+        with self._tx() as con:
+            for r in runs:
+                h, name, cfg = _field(r, "hash"), _field(r, "name"), _field(r, "config")
+                cur = con.execute(
+                    "INSERT OR IGNORE INTO runs (hash, name, status, config, created) VALUES (?, ?, 'pending', ?, ?)",
+                    (h, name, to_json(cfg), now),
+                )
+                new += cur.rowcount
+                if sweep is not None:
+                    con.execute("INSERT OR IGNORE INTO sweep_runs (sweep, hash) VALUES (?, ?)", (sweep, h))
+        return new
+
+    def claim(self, hash_: str, owner: Owner) -> bool:
+        """Atomically ``pending -> running`` for ``owner``; False if the run is not pending."""
+        now = time.time()
+        cur = self._con().execute(
+            "UPDATE runs SET status = 'running', owner = ?, host = ?, pid = ?, pid_start = ?, "
+            "started = ?, heartbeat = ?, finished = NULL, duration = NULL, error = NULL, "
+            "attempts = attempts + 1 WHERE hash = ? AND status = 'pending'",
+            (owner.token, owner.host, owner.pid, owner.pid_start, now, now, hash_),
+        )
+        return cur.rowcount == 1
+
+    def heartbeat(self, owner: Owner) -> int:
+        """Refresh the heartbeat of every run ``owner`` holds; returns how many."""
+        cur = self._con().execute(
+            "UPDATE runs SET heartbeat = ? WHERE owner = ? AND status = 'running'", (time.time(), owner.token)
+        )
+        return cur.rowcount
+
+    def complete(self, hash_: str, owner: Owner, final: dict[str, Any], *, outcome: str = "completed") -> bool:
+        """``running -> completed`` with the final metrics, iff ``owner`` still holds the run."""
+        now = time.time()
+        cur = self._con().execute(
+            "UPDATE runs SET status = 'completed', final = ?, outcome = ?, finished = ?, "
+            "duration = ? - started, heartbeat = ? WHERE hash = ? AND owner = ? AND status = 'running'",
+            (to_json(final), outcome, now, now, now, hash_, owner.token),
+        )
+        return cur.rowcount == 1
+
+    def fail(self, hash_: str, owner: Owner, error: str) -> bool:
+        """``running -> failed`` with the error text (traceback), iff ``owner`` still holds it."""
+        now = time.time()
+        cur = self._con().execute(
+            "UPDATE runs SET status = 'failed', error = ?, outcome = 'failed', finished = ?, "
+            "duration = ? - started WHERE hash = ? AND owner = ? AND status = 'running'",
+            (error, now, now, hash_, owner.token),
+        )
+        return cur.rowcount == 1
+
+    def release(self, hash_: str, owner: Owner) -> bool:
+        """Give a claimed run back (``running -> pending``), e.g. on Ctrl-C."""
+        cur = self._con().execute(
+            "UPDATE runs SET status = 'pending', owner = NULL, heartbeat = NULL "
+            "WHERE hash = ? AND owner = ? AND status = 'running'",
+            (hash_, owner.token),
+        )
+        return cur.rowcount == 1
+
+    def reclaim_stale(self, *, host: str | None = None) -> list[str]:
+        """Return dead owners' runs to ``pending``: on this host when the claiming pid is gone
+        (or reused), anywhere when the heartbeat is older than ``stale_after``."""
+        host = host or socket.gethostname()
+        now = time.time()
+        reclaimed: list[str] = []
+        with self._tx() as con:
+            rows = con.execute(
+                "SELECT hash, host, pid, pid_start, heartbeat FROM runs WHERE status = 'running'"
+            ).fetchall()
+            for r in rows:
+                dead = False
+                if r["host"] == host and r["pid"] is not None:
+                    dead = not pid_alive(int(r["pid"]), r["pid_start"])
+                if not dead and (r["heartbeat"] is None or now - float(r["heartbeat"]) > self.stale_after):
+                    dead = True
+                if dead:
+                    con.execute(
+                        "UPDATE runs SET status = 'pending', owner = NULL, heartbeat = NULL, "
+                        "error = 'reclaimed: previous owner died' WHERE hash = ? AND status = 'running'",
+                        (r["hash"],),
+                    )
+                    reclaimed.append(r["hash"])
+        return reclaimed
+
+    def requeue_failed(self, hashes: Sequence[str] | None = None) -> int:
+        """``failed -> pending`` for ``hashes`` (all failed runs if None); returns how many."""
+        con = self._con()
+        if hashes is None:
+            return con.execute("UPDATE runs SET status = 'pending', owner = NULL WHERE status = 'failed'").rowcount
+        n = 0
+        with self._tx() as c:
+            for h in hashes:
+                n += c.execute(
+                    "UPDATE runs SET status = 'pending', owner = NULL WHERE hash = ? AND status = 'failed'", (h,)
+                ).rowcount
+        return n
+
+    # ------------------------------------------------------------------ reads
+    def status_of(self, hashes: Sequence[str]) -> dict[str, str]:
+        """``{hash: status}`` for the given hashes that exist."""
+        out: dict[str, str] = {}
+        con = self._con()
+        hs = list(hashes)
+        for i in range(0, len(hs), 500):
+            chunk = hs[i : i + 500]
+            q = f"SELECT hash, status FROM runs WHERE hash IN ({','.join('?' * len(chunk))})"
+            out.update({r["hash"]: r["status"] for r in con.execute(q, chunk)})
+        return out
+
+    def counts(self, hashes: Sequence[str] | None = None) -> dict[str, int]:
+        """Number of runs per status (all runs, or only ``hashes``)."""
+        out = dict.fromkeys(STATUSES, 0)
+        if hashes is None:
+            for r in self._con().execute("SELECT status, COUNT(*) AS n FROM runs GROUP BY status"):
+                out[r["status"]] = r["n"]
+        else:
+            for s in self.status_of(hashes).values():
+                out[s] += 1
+        return out
+
+    def get(self, hash_: str) -> dict[str, Any] | None:
+        """One run as a dict (config and final decoded), or None."""
+        r = self._con().execute("SELECT * FROM runs WHERE hash = ?", (hash_,)).fetchone()
+        return None if r is None else _decode(r)
+
+    def rows(self, *, status: str | None = None, sweep: str | None = None) -> list[dict[str, Any]]:
+        """All runs (optionally one status and/or one sweep), in insertion order, decoded."""
+        if status is not None and status not in STATUSES:
+            raise ValueError(f"unknown status {status!r}; one of {STATUSES}")
+        q = "SELECT runs.* FROM runs"
+        args: list[Any] = []
+        conds = []
+        if sweep is not None:
+            q += " JOIN sweep_runs ON sweep_runs.hash = runs.hash"
+            conds.append("sweep_runs.sweep = ?")
+            args.append(sweep)
+        if status is not None:
+            conds.append("runs.status = ?")
+            args.append(status)
+        if conds:
+            q += " WHERE " + " AND ".join(conds)
+        q += " ORDER BY runs.rowid"
+        return [_decode(r) for r in self._con().execute(q, args)]
+
+    def sweeps(self) -> list[str]:
+        """Names of the sweeps registered in this store."""
+        return [r[0] for r in self._con().execute("SELECT DISTINCT sweep FROM sweep_runs ORDER BY sweep")]
+
+    def total_rows(self) -> int:
+        return int(self._con().execute("SELECT COUNT(*) FROM runs").fetchone()[0])
+
+    # ------------------------------------------------------------------ export
+    def table(self, *, status: str | None = "completed", sweep: str | None = None) -> list[dict[str, Any]]:
+        """Flat records: run columns, ``config.<dotted>`` and ``final.<metric>`` columns."""
+        out = []
+        for r in self.rows(status=status, sweep=sweep):
+            rec = {k: r[k] for k in ("hash", "name", "status", "outcome", "attempts", "started", "finished", "duration")}
+            rec["error"] = (r["error"] or "").strip().splitlines()[-1] if r["error"] else None
+            rec.update(flatten(r["config"], "config."))
+            rec.update(flatten(r["final"] or {}, "final."))
+            out.append(rec)
+        return out
+
+    def export_csv(self, path: str | Path, *, status: str | None = "completed", sweep: str | None = None) -> int:
+        """Write :meth:`table` as CSV (union of columns, blanks where missing); returns rows."""
+        recs = self.table(status=status, sweep=sweep)
+        cols = _columns(recs)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=cols, extrasaction="raise")
+            w.writeheader()
+            for rec in recs:
+                w.writerow({c: rec.get(c) for c in cols})
+        return len(recs)
+
+    def export_parquet(self, path: str | Path, *, status: str | None = "completed", sweep: str | None = None) -> int:
+        """Write :meth:`table` as Parquet (needs ``pyarrow``: ``pip install 'nclab[parquet]'``)."""
+        try:
+            import pyarrow as pa  # noqa: PLC0415
+            import pyarrow.parquet as pq  # noqa: PLC0415
+        except ImportError as exc:
+            raise RuntimeError(
+                "Parquet export needs pyarrow, which is not installed; "
+                "install it with `pip install 'nclab[parquet]'` or export CSV instead"
+            ) from exc
+        recs = self.table(status=status, sweep=sweep)
+        cols = _columns(recs)
+        # mixed-type columns (e.g. a metric None in some runs) are left to pyarrow's inference
+        data = {c: [rec.get(c) for rec in recs] for c in cols}
+        pq.write_table(pa.table(data), str(path))
+        return len(recs)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(self.rows())
+
+
+def _field(obj: Any, name: str) -> Any:
+    return obj[name] if isinstance(obj, dict) else getattr(obj, name)
+
+
+def _decode(r: sqlite3.Row) -> dict[str, Any]:
+    d = dict(r)
+    d["config"] = json.loads(d["config"]) if d["config"] else {}
+    d["final"] = json.loads(d["final"]) if d["final"] else None
+    return d
+
+
+def _columns(recs: list[dict[str, Any]]) -> list[str]:
+    cols: list[str] = []
+    seen: set[str] = set()
+    for rec in recs:
+        for c in rec:
+            if c not in seen:
+                seen.add(c)
+                cols.append(c)
+    return cols

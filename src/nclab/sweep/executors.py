@@ -1,0 +1,267 @@
+"""Executors: where a run function runs. All share one small interface.
+
+``executor.submit(run_fn, config, run_dir) -> concurrent.futures.Future`` whose result is
+an *envelope* ``{"ok": True, "final": {...}, "outcome": ...}`` or ``{"ok": False, "error":
+"<traceback>"}``: a run that raises is reported, never propagated, so a sweep goes on.
+``executor.capacity`` is how many runs it should hold in flight; ``shutdown(cancel=...)``.
+
+* :class:`LocalExecutor` — a process pool (``spawn`` by default; ``forkserver`` allowed).
+  Each worker watches the driver and exits if the driver dies (SIGKILL included), so an
+  orphaned worker never keeps writing to a run that a restarted sweep re-runs. Each worker
+  gets ``cpu_count // workers`` torch threads so N workers do not oversubscribe the cores.
+* :class:`InlineExecutor` — runs in the calling process, one at a time (debugging, tests).
+* :class:`RayExecutor` — one Ray task per run with ``num_cpus``/``num_gpus``; a running
+  cluster (``address``) or a local runtime. Only the driver writes the store; run
+  directories must be on a file system the Ray workers share with the driver.
+
+``run_fn`` must be picklable (a module-level function) for the process and Ray executors.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing as mp
+import os
+import threading
+import time
+import traceback
+from typing import Any, Callable
+
+from nclab.store.index import pid_alive, pid_start_time
+
+__all__ = ["Executor", "LocalExecutor", "InlineExecutor", "RayExecutor", "make_executor", "call_run", "EXECUTORS"]
+
+EXECUTORS: tuple[str, ...] = ("local", "inline", "ray")
+
+RunFn = Callable[[dict, str], dict]
+
+
+def call_run(run_fn: RunFn, config: dict, run_dir: str) -> dict[str, Any]:
+    """Call ``run_fn(config, run_dir)`` and wrap the result in an envelope (see module doc).
+
+    A returned ``"status"`` key (``"completed"`` or ``"diverged"``) becomes the outcome.
+    """
+    try:
+        final = run_fn(config, run_dir)
+        if final is None:
+            final = {}
+        if not isinstance(final, dict):
+            raise TypeError(f"run function must return a dict of final metrics; got {type(final).__name__}")
+        final = dict(final)
+        outcome = str(final.pop("status", "completed"))
+        return {"ok": True, "final": final, "outcome": outcome}
+    except BaseException as exc:  # noqa: BLE001 - every failure is recorded, including SystemExit
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        return {"ok": False, "error": traceback.format_exc()}
+
+
+class Executor:
+    """Base class: ``capacity``, ``submit``, ``shutdown``."""
+
+    capacity: int = 1
+    name: str = "base"
+
+    def submit(self, run_fn: RunFn, config: dict, run_dir: str) -> cf.Future:
+        raise NotImplementedError
+
+    def restart(self) -> None:
+        """Recover after a broken pool (a worker process died)."""
+
+    def shutdown(self, *, cancel: bool = False) -> None:
+        """Release workers; ``cancel`` drops queued work and stops running work if possible."""
+
+    def __enter__(self) -> "Executor":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.shutdown(cancel=exc[0] is not None)
+
+
+class InlineExecutor(Executor):
+    """Runs each run synchronously in this process at submit time (capacity 1)."""
+
+    name = "inline"
+
+    def __init__(self) -> None:
+        self.capacity = 1
+
+    def submit(self, run_fn: RunFn, config: dict, run_dir: str) -> cf.Future:
+        fut: cf.Future = cf.Future()
+        fut.set_result(call_run(run_fn, config, run_dir))
+        return fut
+
+
+def _watch_driver(driver_pid: int, driver_start: int | None, period: float) -> None:
+    while True:
+        time.sleep(period)
+        if not pid_alive(driver_pid, driver_start):
+            os._exit(70)  # driver gone: stop now, the restarted sweep re-runs this run
+
+
+def _worker_init(driver_pid: int, driver_start: int | None, threads: int) -> None:
+    # set before torch is imported by the run function (spawned workers import it lazily)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    os.environ["MKL_NUM_THREADS"] = str(threads)
+    os.environ["NCLAB_WORKER_THREADS"] = str(threads)
+    threading.Thread(target=_watch_driver, args=(driver_pid, driver_start, 0.5), daemon=True).start()
+
+
+class LocalExecutor(Executor):
+    """A process pool of ``workers`` processes (default ``os.cpu_count()``).
+
+    ``context``: ``"spawn"`` (default; safe with torch and threads) or ``"forkserver"``.
+    ``threads_per_worker``: torch/OpenMP threads per worker, default ``cpu_count // workers``.
+    """
+
+    name = "local"
+
+    def __init__(self, workers: int | None = None, *, context: str = "spawn", threads_per_worker: int | None = None):
+        ncpu = os.cpu_count() or 1
+        workers = ncpu if workers is None else int(workers)
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1; got {workers}")
+        if context not in ("spawn", "forkserver"):
+            raise ValueError(f"context must be 'spawn' or 'forkserver' (fork is unsafe with torch threads); got {context!r}")
+        self.capacity = workers
+        self.context = context
+        self.threads = threads_per_worker or max(1, ncpu // workers)
+        self._pool: cf.ProcessPoolExecutor | None = None
+
+    def _make(self) -> cf.ProcessPoolExecutor:
+        pid = os.getpid()
+        return cf.ProcessPoolExecutor(
+            max_workers=self.capacity,
+            mp_context=mp.get_context(self.context),
+            initializer=_worker_init,
+            initargs=(pid, pid_start_time(pid), self.threads),
+        )
+
+    def submit(self, run_fn: RunFn, config: dict, run_dir: str) -> cf.Future:
+        if self._pool is None:
+            self._pool = self._make()
+        return self._pool.submit(call_run, run_fn, config, run_dir)
+
+    def restart(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool = None
+
+    def shutdown(self, *, cancel: bool = False) -> None:
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        if cancel:
+            # stop running work too: terminate the worker processes, then reap the pool
+            procs = list(getattr(pool, "_processes", {}).values())
+            pool.shutdown(wait=False, cancel_futures=True)
+            for p in procs:
+                if p.is_alive():
+                    p.terminate()
+            for p in procs:
+                p.join(timeout=5)
+        else:
+            pool.shutdown(wait=True)
+
+
+class RayExecutor(Executor):
+    """One Ray task per run (``num_cpus``/``num_gpus`` each).
+
+    ``address``: a running cluster (``"auto"``, ``"ray://host:10001"``, ``"host:6379"``);
+    None starts a local runtime with ``local_cpus`` CPUs (default all). ``capacity`` defaults
+    to how many tasks the cluster's resources fit at once.
+    """
+
+    name = "ray"
+
+    def __init__(
+        self,
+        *,
+        address: str | None = None,
+        num_cpus: float = 1.0,
+        num_gpus: float = 0.0,
+        capacity: int | None = None,
+        local_cpus: int | None = None,
+    ):
+        try:
+            import ray  # noqa: PLC0415
+        except ImportError as exc:
+            raise RuntimeError(
+                "the ray executor needs Ray, which is not installed; install it with "
+                "`pip install 'nclab[ray]'` or use --executor local"
+            ) from exc
+        self._ray = ray
+        self._owns_runtime = False
+        if not ray.is_initialized():
+            kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+            if address is None:
+                kwargs["num_cpus"] = local_cpus or os.cpu_count() or 1
+                kwargs["num_gpus"] = 0 if num_gpus == 0 else None
+                kwargs = {k: v for k, v in kwargs.items() if v is not None}
+            ray.init(address=address, **kwargs)
+            self._owns_runtime = True
+        self._remote = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=0)(call_run)
+        if capacity is None:
+            res = ray.cluster_resources()
+            fits = [int(res.get("CPU", 1) // num_cpus)] if num_cpus > 0 else []
+            if num_gpus > 0:
+                fits.append(int(res.get("GPU", 0) // num_gpus))
+            capacity = max(1, min(fits) if fits else 1)
+        self.capacity = int(capacity)
+        self._refs: list[Any] = []
+
+    def submit(self, run_fn: RunFn, config: dict, run_dir: str) -> cf.Future:
+        ref = self._remote.remote(run_fn, config, run_dir)
+        self._refs = [r for r in self._refs if not _ray_done(self._ray, r)] + [ref]
+        return _ray_future(self._ray, ref)
+
+    def shutdown(self, *, cancel: bool = False) -> None:
+        if cancel:
+            for ref in self._refs:
+                try:
+                    self._ray.cancel(ref, force=True)
+                except Exception:  # noqa: BLE001 - already finished or gone
+                    pass
+        self._refs = []
+        if self._owns_runtime:
+            self._ray.shutdown()
+            self._owns_runtime = False
+
+
+def _ray_done(ray: Any, ref: Any) -> bool:
+    ready, _ = ray.wait([ref], timeout=0)
+    return bool(ready)
+
+
+def _ray_future(ray: Any, ref: Any) -> cf.Future:
+    """A concurrent.futures.Future for an ObjectRef; task/worker crashes become failed envelopes."""
+    out: cf.Future = cf.Future()
+    src = ref.future()
+
+    def _done(f: cf.Future) -> None:
+        try:
+            out.set_result(f.result())
+        except BaseException:  # noqa: BLE001 - RayTaskError, WorkerCrashedError, cancellation
+            out.set_result({"ok": False, "error": traceback.format_exc()})
+
+    src.add_done_callback(_done)
+    return out
+
+
+def make_executor(
+    kind: str,
+    *,
+    workers: int | None = None,
+    ray_address: str | None = None,
+    num_cpus: float = 1.0,
+    num_gpus: float = 0.0,
+    context: str = "spawn",
+) -> Executor:
+    """Build an executor by name: ``local`` (process pool), ``inline`` or ``ray``."""
+    if kind == "local":
+        return LocalExecutor(workers, context=context)
+    if kind == "inline":
+        return InlineExecutor()
+    if kind == "ray":
+        return RayExecutor(address=ray_address, num_cpus=num_cpus, num_gpus=num_gpus, capacity=workers, local_cpus=workers)
+    raise ValueError(f"unknown executor {kind!r}; one of {', '.join(EXECUTORS)}")

@@ -1,0 +1,39 @@
+"""The real run function: one training run through ``nclab.train.train``.
+
+``train_run(config, run_dir) -> final metrics`` is what the executors call by default. A
+run directory that holds a checkpoint from an interrupted attempt is resumed; otherwise (or
+if resuming is refused) the directory is overwritten, so a half-written attempt never mixes
+with the new one.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = ["train_run"]
+
+
+def train_run(config: dict, run_dir: str) -> dict:
+    """Train ``config`` into ``run_dir``; returns ``result.final`` plus ``status``
+    (``"completed"`` or ``"diverged"``)."""
+    threads = os.environ.get("NCLAB_WORKER_THREADS")
+    import torch  # noqa: PLC0415
+
+    if threads:
+        torch.set_num_threads(int(threads))
+    from nclab.train import TrainConfig, train  # noqa: PLC0415
+
+    cfg = TrainConfig.model_validate(config)
+    rd = Path(run_dir)
+    result = None
+    if (rd / "checkpoints" / "last.pt").exists():
+        try:
+            result = train(cfg, run_dir=rd, resume=True, overwrite=False, progress=False)
+        except Exception:  # noqa: BLE001 - an unusable checkpoint: start over below
+            result = None
+    if result is None:
+        result = train(cfg, run_dir=rd, resume=False, overwrite=True, progress=False)
+    final = dict(result.final)
+    final["status"] = result.status
+    return final

@@ -1,0 +1,199 @@
+"""The sweep driver: register runs in the store, claim them one by one, run them on an
+executor, commit each result. Safe to kill at any moment and to run twice at once.
+
+Why it is safe:
+
+* rows are keyed by config hash and inserted with ``INSERT OR IGNORE``: no duplicates;
+* a run is executed only after this driver won the atomic ``pending -> running`` claim, so
+  two drivers on one store never run the same run;
+* a run counts as done only when ``complete`` commits its final metrics (one statement);
+  a kill before that leaves it ``running`` under a dead pid, and the next driver's
+  ``reclaim_stale`` returns it to ``pending`` (its half-written run directory is overwritten);
+* worker processes exit when the driver dies, so nothing keeps writing to a reclaimed run.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+from nclab.store.index import Owner, RunStore
+from nclab.sweep.executors import Executor, RunFn
+
+__all__ = ["SweepEvent", "SweepSummary", "run_sweep", "resolve_run_fn"]
+
+
+@dataclass(frozen=True)
+class SweepEvent:
+    """A progress event: ``kind`` in start, claimed, completed, failed, tick, end."""
+
+    kind: str
+    hash: str | None = None
+    name: str | None = None
+    duration: float | None = None
+    error: str | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class SweepSummary:
+    """What one call to :func:`run_sweep` did and saw."""
+
+    total: int
+    completed: int = 0  # completed by this call
+    failed: int = 0  # failed in this call
+    already_done: int = 0  # completed before this call started
+    skipped_failed: int = 0  # failed earlier and not retried
+    elsewhere: int = 0  # still running under another live driver when this call ended
+    reclaimed: int = 0  # taken back from dead owners
+    wall: float = 0.0
+    durations: list[float] = field(default_factory=list)
+    finals: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def resolve_run_fn(spec: str | RunFn | None) -> RunFn:
+    """A run function from ``"module:function"`` (or a callable); None -> the real trainer."""
+    if spec is None:
+        from nclab.sweep.run import train_run  # noqa: PLC0415
+
+        return train_run
+    if callable(spec):
+        return spec
+    if ":" not in spec:
+        raise ValueError(f"run function must look like 'package.module:function'; got {spec!r}")
+    import importlib  # noqa: PLC0415
+
+    mod, fn = spec.split(":", 1)
+    obj = getattr(importlib.import_module(mod), fn, None)
+    if not callable(obj):
+        raise ValueError(f"{spec!r} is not a callable")
+    return obj
+
+
+def run_sweep(
+    store: RunStore,
+    runs: Iterable[Any],
+    *,
+    run_fn: RunFn,
+    executor: Executor,
+    sweep: str | None = None,
+    retry_failed: bool = False,
+    heartbeat_every: float = 5.0,
+    on_event: Callable[[SweepEvent], None] | None = None,
+    max_new: int | None = None,
+) -> SweepSummary:
+    """Run every pending run of ``runs`` (objects/dicts with hash, name, config) exactly once.
+
+    Completed runs are skipped; failed ones are skipped unless ``retry_failed``; runs held by
+    another live driver are left to it. ``max_new`` stops claiming after that many runs
+    (used by the search to run one batch). Returns a :class:`SweepSummary`; the results are
+    in the store. On KeyboardInterrupt the claimed runs are released and workers stopped.
+    """
+    t_start = time.time()
+    runs = list(runs)
+    by_hash = {(_f(r, "hash")): r for r in runs}
+    hashes = list(by_hash)
+    store.register(runs, sweep=sweep)
+    if retry_failed:
+        store.requeue_failed(hashes)
+    summary = SweepSummary(total=len(hashes))
+    summary.reclaimed = len(set(store.reclaim_stale()) & set(hashes))
+    status = store.status_of(hashes)
+    summary.already_done = sum(1 for h in hashes if status.get(h) == "completed")
+    summary.skipped_failed = sum(1 for h in hashes if status.get(h) == "failed")
+    todo = deque(h for h in hashes if status.get(h) in ("pending", "running"))
+    owner = Owner()
+    inflight: dict[cf.Future, tuple[str, float]] = {}
+    elsewhere: set[str] = set()
+    claimed = 0
+    last_beat = time.time()
+
+    def emit(kind: str, **kw: Any) -> None:
+        if on_event is not None:
+            on_event(SweepEvent(kind=kind, counts=_counts(summary, inflight, elsewhere), **kw))
+
+    emit("start")
+    try:
+        while True:
+            while len(inflight) < executor.capacity and todo and (max_new is None or claimed < max_new):
+                h = todo.popleft()
+                if not store.claim(h, owner):
+                    if store.status_of([h]).get(h) == "running":
+                        elsewhere.add(h)
+                    continue
+                claimed += 1
+                elsewhere.discard(h)
+                run = by_hash[h]
+                run_dir = store.run_dir(h)
+                fut = executor.submit(run_fn, _f(run, "config"), str(run_dir))
+                inflight[fut] = (h, time.time())
+                emit("claimed", hash=h, name=_f(run, "name"))
+            if not inflight:
+                if elsewhere and (max_new is None or claimed < max_new):
+                    # another driver holds these; take them over only if it died meanwhile
+                    back = set(store.reclaim_stale()) & elsewhere
+                    if back:
+                        summary.reclaimed += len(back)
+                        todo.extend(sorted(back))
+                        elsewhere -= back
+                        continue
+                    st = store.status_of(sorted(elsewhere))
+                    elsewhere = {h for h in elsewhere if st.get(h) == "running"}
+                break
+            done, _ = cf.wait(list(inflight), timeout=heartbeat_every, return_when=cf.FIRST_COMPLETED)
+            broken = False
+            for fut in done:
+                h, t0 = inflight.pop(fut)
+                name = _f(by_hash[h], "name")
+                try:
+                    env = fut.result()
+                except cf.process.BrokenProcessPool:
+                    broken = True
+                    env = {"ok": False, "error": "worker process died (killed, out of memory or crashed) while running this run"}
+                except BaseException as exc:  # noqa: BLE001 - executor-level failure of one run
+                    env = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+                dt = time.time() - t0
+                if env.get("ok"):
+                    if store.complete(h, owner, env["final"], outcome=env.get("outcome", "completed")):
+                        summary.completed += 1
+                        summary.durations.append(dt)
+                        summary.finals[h] = env["final"]
+                        emit("completed", hash=h, name=name, duration=dt)
+                else:
+                    if store.fail(h, owner, env["error"]):
+                        summary.failed += 1
+                        emit("failed", hash=h, name=name, duration=dt, error=env["error"])
+            if broken:
+                executor.restart()
+            if time.time() - last_beat >= heartbeat_every:
+                store.heartbeat(owner)
+                last_beat = time.time()
+                emit("tick")
+    except BaseException:
+        executor.shutdown(cancel=True)
+        for h, _ in inflight.values():
+            store.release(h, owner)
+        raise
+    summary.elsewhere = len(elsewhere)
+    summary.wall = time.time() - t_start
+    emit("end")
+    return summary
+
+
+def _f(obj: Any, name: str) -> Any:
+    return obj[name] if isinstance(obj, dict) else getattr(obj, name)
+
+
+def _counts(summary: SweepSummary, inflight: dict, elsewhere: set) -> dict[str, int]:
+    return {
+        "total": summary.total,
+        "done": summary.already_done + summary.completed,
+        "failed": summary.failed + summary.skipped_failed,
+        "running": len(inflight),
+        "elsewhere": len(elsewhere),
+        "new_done": summary.completed,
+    }
+
