@@ -80,6 +80,7 @@ class _CifarUnpickler(pickle.Unpickler):
         ("numpy._core.multiarray", "scalar"),
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
+        ("_codecs", "encode"),  # how python-3 protocol-2 pickles store bytes (harmless)
     }
 
     def find_class(self, module: str, name: str) -> Any:

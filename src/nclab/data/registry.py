@@ -16,6 +16,7 @@ instead (IDX magic numbers, declared shapes, sample counts).
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import os
 from dataclasses import dataclass, field
@@ -239,6 +240,11 @@ def _cached(key: tuple, build: Callable[[], _Raw]) -> _Raw:
     return _PARSED[key]
 
 
+def _with_origin(raw: _Raw, origin: str) -> _Raw:
+    """The cached arrays with this call's origin (the same files can be reached several ways)."""
+    return dataclasses.replace(raw, meta={**raw.meta, "origin": origin})
+
+
 def clear_cache() -> None:
     """Forget parsed arrays kept by this process."""
     _PARSED.clear()
@@ -296,9 +302,9 @@ def _idx_loader(name: str, class_names: list[str]) -> Callable[..., _Raw]:
                 if y.min() < 0 or y.max() >= len(class_names):
                     raise DataFormatError(f"{p}: labels must be in 0..{len(class_names) - 1}; found {y.min()}..{y.max()}")
             return _Raw(trx[:, None], tr_y, tex[:, None], te_y, class_names, 255.0,
-                        {"source": str(paths[0].parent), "origin": origin, "files": [str(p) for p in paths]})  # fmt: skip
+                        {"source": str(paths[0].parent), "files": [str(p) for p in paths]})  # fmt: skip
 
-        return _cached((name, *_file_key(paths)), build)
+        return _with_origin(_cached((name, *_file_key(paths)), build), origin)
 
     load.__doc__ = f"{name}: IDX files (gzip or raw), 28x28 grey, 10 classes."
     return load
@@ -319,9 +325,9 @@ def _load_cifar10(*, data_dir, download, seed, options) -> _Raw:
                 raise DataFormatError(f"{src}: CIFAR-10 {split} labels must be in 0..9; found {y.min()}..{y.max()}")
         names = d["class_names"] if d["class_names"] and len(d["class_names"]) == 10 else CIFAR10_CLASSES
         return _Raw(d["train_x"], d["train_y"], d["test_x"], d["test_y"], names, 255.0,
-                    {"source": str(src), "origin": origin, "files": [str(src)]})  # fmt: skip
+                    {"source": str(src), "files": [str(src)]})  # fmt: skip
 
-    return _cached(("cifar10", *_file_key(key_paths)), build)
+    return _with_origin(_cached(("cifar10", *_file_key(key_paths)), build), origin)
 
 
 def _load_svhn(*, data_dir, download, seed, options) -> _Raw:
@@ -334,9 +340,9 @@ def _load_svhn(*, data_dir, download, seed, options) -> _Raw:
         trx, tr_y = read_svhn_mat(tr)
         tex, te_y = read_svhn_mat(te)
         return _Raw(trx, tr_y, tex, te_y, DIGIT_CLASSES, 255.0,
-                    {"source": str(tr.parent), "origin": origin, "files": [str(tr), str(te)]})  # fmt: skip
+                    {"source": str(tr.parent), "files": [str(tr), str(te)]})  # fmt: skip
 
-    return _cached(("svhn", *_file_key([tr, te])), build)
+    return _with_origin(_cached(("svhn", *_file_key([tr, te])), build), origin)
 
 
 SYNTHETIC_DEFAULTS: dict[str, Any] = {
