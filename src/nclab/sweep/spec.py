@@ -36,9 +36,9 @@ import math
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-from nclab.config import ConfigError, StrictModel, deep_merge, load_yaml, set_dotted
+from nclab.config import ConfigError, StrictModel, deep_merge, format_validation_error, load_yaml, set_dotted
 
 __all__ = [
     "RandomParam",
@@ -217,8 +217,8 @@ def load_spec(path: str | Path) -> tuple[SweepSpec, dict[str, Any]]:
     data = load_yaml(path)
     try:
         spec = SweepSpec.model_validate(data)
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from exc
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: invalid sweep spec:\n{format_validation_error(exc)}") from exc
     return spec, spec_base(spec, relative_to=path.parent)
 
 

@@ -1,0 +1,272 @@
+"""``nclab sweep``, ``nclab search``, ``nclab reproduce``, ``nclab report``, ``nclab store``:
+the thin command-line layer over :mod:`nclab.sweep`, :mod:`nclab.store.index` and
+:mod:`nclab.report` (parsing, rich progress, printing)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+__all__ = ["register", "SweepProgress"]
+
+
+class SweepProgress:
+    """Rich progress for a sweep: done/total bar, running, failed, ETA from this session's
+    mean run time and the number of runs in flight. Use as ``on_event`` callback."""
+
+    def __init__(self, *, title: str, enabled: bool = True):
+        from rich.console import Console  # noqa: PLC0415
+
+        self.enabled = enabled
+        self.title = title
+        self.console = Console(stderr=True)
+        self._progress = None
+        self._task = None
+        self._durations: list[float] = []
+        self._t0 = time.time()
+
+    def __call__(self, ev: Any) -> None:
+        c = ev.counts
+        if ev.kind == "completed" and ev.duration is not None:
+            self._durations.append(ev.duration)
+        if ev.kind == "failed":
+            last = (ev.error or "").strip().splitlines()[-1:] or ["?"]
+            self.console.print(f"[red]failed[/red] {ev.name}: {last[0]}")
+        if not self.enabled:
+            return
+        if ev.kind == "start":
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: PLC0415
+
+            self._progress = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("running {task.fields[running]}  failed {task.fields[failed]}  ETA {task.fields[eta]}"),
+                TimeElapsedColumn(),
+                console=self.console,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task(self.title, total=c["total"], completed=c["done"],
+                                                 running=0, failed=c["failed"], eta="?")
+            return
+        if self._progress is None:
+            return
+        remaining = c["total"] - c["done"] - c["failed"]
+        eta = "?"
+        if self._durations and remaining > 0:
+            par = max(1, c["running"])
+            eta_s = sum(self._durations) / len(self._durations) * remaining / par
+            eta = _fmt_seconds(eta_s)
+        elif remaining <= 0:
+            eta = "0s"
+        self._progress.update(self._task, completed=c["done"], running=c["running"], failed=c["failed"], eta=eta)
+        if ev.kind == "end":
+            self._progress.stop()
+
+
+def _fmt_seconds(s: float) -> str:
+    s = int(round(s))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+
+
+def _fail(msg: str) -> None:
+    typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def _print_summary(summary: Any, store: Any) -> None:
+    typer.echo(
+        f"{summary.total} runs: {summary.completed} completed now, {summary.already_done} already done, "
+        f"{summary.failed} failed now, {summary.skipped_failed} failed earlier (not retried), "
+        f"{summary.elsewhere} running in another sweep; {summary.reclaimed} reclaimed from dead sweeps; "
+        f"wall {summary.wall:.1f}s"
+    )
+    typer.echo(f"store: {store.root} ({store.db_path.name})")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``sweep``, ``search``, ``reproduce``, ``report`` and ``store-export`` to ``app``."""
+
+    @app.command("sweep")
+    def sweep_cmd(
+        spec_path: Path = typer.Argument(..., help="sweep spec YAML (base, grid, random, seeds)"),
+        store_dir: Optional[Path] = typer.Option(None, "--store", help="results store directory [default: sweeps/<spec name>]"),
+        workers: Optional[int] = typer.Option(None, "--workers", "-j", help="parallel runs [default: CPU count]"),
+        executor: str = typer.Option("local", "--executor", help="local | ray | inline"),
+        ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster address (default: a local runtime)"),
+        num_cpus: float = typer.Option(1.0, "--num-cpus", help="Ray: CPUs per run"),
+        num_gpus: float = typer.Option(0.0, "--num-gpus", help="Ray: GPUs per run"),
+        retry_failed: bool = typer.Option(False, "--retry-failed", help="re-run runs that failed before"),
+        no_progress: bool = typer.Option(False, "--no-progress", help="no progress bar"),
+        dry_run: bool = typer.Option(False, "--dry-run", help="list the runs and exit"),
+        run_fn: Optional[str] = typer.Option(
+            None, "--run-fn", hidden=True,
+            help="module:function to call instead of the trainer (configs are then not validated by TrainConfig)",
+        ),
+    ) -> None:
+        """Run every config of a sweep spec once; resumable (kill and rerun) and safe to run twice."""
+        from nclab.config import ConfigError  # noqa: PLC0415
+        from nclab.store.index import RunStore  # noqa: PLC0415
+        from nclab.sweep import expand, load_spec, make_executor, resolve_run_fn, run_sweep  # noqa: PLC0415
+
+        try:
+            spec, base = load_spec(spec_path)
+            runs = expand(spec, base=base, resolve=None if run_fn else "auto")
+            fn = resolve_run_fn(run_fn)
+        except (ConfigError, ValueError, ImportError) as exc:
+            _fail(str(exc))
+        if dry_run:
+            for r in runs:
+                typer.echo(f"{r.hash}  {r.name}  " + " ".join(f"{k}={v}" for k, v in r.varied.items()))
+            typer.echo(f"{len(runs)} runs")
+            return
+        store = RunStore(store_dir or Path("sweeps") / spec.name)
+        try:
+            ex = make_executor(executor, workers=workers, ray_address=ray_address, num_cpus=num_cpus, num_gpus=num_gpus)
+        except (RuntimeError, ValueError) as exc:
+            _fail(str(exc))
+        prog = SweepProgress(title=spec.name, enabled=not no_progress)
+        with ex:
+            summary = run_sweep(store, runs, run_fn=fn, executor=ex, sweep=spec.name, retry_failed=retry_failed, on_event=prog)
+        _print_summary(summary, store)
+        if summary.failed or summary.skipped_failed:
+            raise typer.Exit(1)
+
+    @app.command("store-export")
+    def export_cmd(
+        store_dir: Path = typer.Argument(..., help="results store directory"),
+        out: Path = typer.Option(..., "--out", "-o", help="output file (.csv or .parquet)"),
+        status: str = typer.Option("completed", "--status", help="completed | failed | pending | running | all"),
+        sweep: Optional[str] = typer.Option(None, "--sweep", help="only this sweep's runs"),
+    ) -> None:
+        """Export the run table (config.* and final.* columns) to CSV or Parquet."""
+        from nclab.store.index import RunStore  # noqa: PLC0415
+
+        try:
+            store = RunStore(store_dir, create=False)
+        except FileNotFoundError as exc:
+            _fail(str(exc))
+        st = None if status == "all" else status
+        try:
+            if out.suffix == ".parquet":
+                n = store.export_parquet(out, status=st, sweep=sweep)
+            elif out.suffix == ".csv":
+                n = store.export_csv(out, status=st, sweep=sweep)
+            else:
+                _fail(f"--out must end in .csv or .parquet; got {out.name}")
+        except (RuntimeError, ValueError) as exc:
+            _fail(str(exc))
+        typer.echo(f"wrote {n} runs to {out}")
+
+    _register_search(app)
+    _register_study(app)
+
+
+def _register_search(app: typer.Typer) -> None:
+    @app.command("search")
+    def search_cmd(
+        config: Path = typer.Argument(..., help="base training config YAML"),
+        store_dir: Path = typer.Option(..., "--store", help="results store directory (holds optuna.sqlite too)"),
+        preset: str = typer.Option("paper", "--preset", help="search preset (paper)"),
+        trials: Optional[int] = typer.Option(None, "--trials", help="number of trials [preset: 20]"),
+        sampler: Optional[str] = typer.Option(None, "--sampler", help="random | tpe [preset: random]"),
+        seed: int = typer.Option(0, "--seed", help="sampler seed"),
+        storage: Optional[str] = typer.Option(None, "--storage", help="Optuna RDB URL [default: sqlite:///STORE/optuna.sqlite]"),
+        study_name: Optional[str] = typer.Option(None, "--study-name", help="Optuna study name [default: from the config hash]"),
+        workers: Optional[int] = typer.Option(None, "--workers", "-j"),
+        executor: str = typer.Option("local", "--executor", help="local | ray | inline"),
+        ray_address: Optional[str] = typer.Option(None, "--ray-address"),
+        no_retrain: bool = typer.Option(False, "--no-retrain", help="skip retraining the best trial on all data"),
+        run_fn: Optional[str] = typer.Option(None, "--run-fn", hidden=True),
+    ) -> None:
+        """Hyperparameter search (Optuna ask-and-tell over our executors); resumable."""
+        from nclab.config import ConfigError, load_yaml  # noqa: PLC0415
+        from nclab.store.index import RunStore  # noqa: PLC0415
+        from nclab.sweep import make_executor, resolve_run_fn  # noqa: PLC0415
+        from nclab.sweep.search import get_preset, run_search  # noqa: PLC0415
+
+        try:
+            base = load_yaml(config)
+            pre = get_preset(preset)
+            fn = resolve_run_fn(run_fn)
+        except (ConfigError, ValueError, ImportError) as exc:
+            _fail(str(exc))
+        store = RunStore(store_dir)
+        ex = make_executor(executor, workers=workers, ray_address=ray_address)
+        with ex:
+            res = run_search(
+                base, store=store, preset=pre, trials=trials, sampler=sampler, seed=seed, storage=storage,
+                study_name=study_name, executor=ex, run_fn=fn, retrain=not no_retrain,
+                resolve=None if run_fn else "auto",
+            )
+        typer.echo(res.describe())
+
+
+def _register_study(app: typer.Typer) -> None:
+    @app.command("reproduce")
+    def reproduce_cmd(
+        study: str = typer.Argument(..., help="which study: memorization-dilation"),
+        scale: str = typer.Option("small", "--scale", help="small (CPU, ~30 min on 2 cores) | paper (GPU, official config)"),
+        datasets: Optional[list[str]] = typer.Option(None, "--datasets", help="datasets to use [default: every one available locally]"),
+        store_dir: Path = typer.Option(Path("studies/memorization-dilation"), "--store", help="results store directory"),
+        data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="where mnist/cifar10/svhn files live"),
+        seeds: Optional[int] = typer.Option(None, "--seeds", help="number of seeds [small: 3, paper: 3]"),
+        workers: Optional[int] = typer.Option(None, "--workers", "-j"),
+        executor: str = typer.Option("local", "--executor", help="local | ray | inline"),
+        ray_address: Optional[str] = typer.Option(None, "--ray-address"),
+        num_gpus: float = typer.Option(0.0, "--num-gpus", help="Ray: GPUs per run"),
+        device: Optional[str] = typer.Option(None, "--device", help="training device [small: cpu, paper: auto]"),
+        tiny: bool = typer.Option(False, "--tiny", hidden=True, help="a minutes-long smoke version of --scale small"),
+        retry_failed: bool = typer.Option(False, "--retry-failed"),
+        no_progress: bool = typer.Option(False, "--no-progress"),
+        no_report: bool = typer.Option(False, "--no-report", help="do not write the report at the end"),
+        dry_run: bool = typer.Option(False, "--dry-run", help="list the runs and exit"),
+    ) -> None:
+        """Regenerate the memorization-dilation study: runs (resumable) then the report."""
+        from nclab.store.index import RunStore  # noqa: PLC0415
+        from nclab.sweep import make_executor  # noqa: PLC0415
+        from nclab.sweep.study import STUDIES, plan_study, run_study  # noqa: PLC0415
+
+        if study not in STUDIES:
+            _fail(f"unknown study {study!r}; available: {', '.join(STUDIES)}")
+        try:
+            plan = plan_study(scale=scale, datasets=datasets, data_dir=data_dir, seeds=seeds, device=device, tiny=tiny)
+        except ValueError as exc:
+            _fail(str(exc))
+        typer.echo(plan.describe())
+        if dry_run:
+            return
+        store = RunStore(store_dir)
+        ex = make_executor(executor, workers=workers, ray_address=ray_address, num_gpus=num_gpus)
+        prog = SweepProgress(title=f"{study} ({scale})", enabled=not no_progress)
+        with ex:
+            summary = run_study(plan, store=store, executor=ex, on_event=prog, retry_failed=retry_failed)
+        _print_summary(summary, store)
+        if not no_report:
+            from nclab.report import build_report  # noqa: PLC0415
+
+            rep = build_report(store_dir)
+            typer.echo(f"report: {rep.markdown}  {rep.html}")
+
+    @app.command("report")
+    def report_cmd(
+        store_dir: Path = typer.Argument(..., help="results store directory"),
+        out: Optional[Path] = typer.Option(None, "--out", "-o", help="output directory [default: STORE/report]"),
+    ) -> None:
+        """Rebuild the study report (Markdown + self-contained HTML) from a store, without training."""
+        from nclab.report import build_report  # noqa: PLC0415
+
+        try:
+            rep = build_report(store_dir, out_dir=out)
+        except (FileNotFoundError, ValueError) as exc:
+            _fail(str(exc))
+        typer.echo(f"report: {rep.markdown}\nhtml:   {rep.html}\nfigures: {len(rep.figures)}")
+        for line in rep.verdicts:
+            typer.echo(f"  {line}")
