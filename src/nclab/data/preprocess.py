@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -37,22 +38,22 @@ PAPER_GREY = ((0.1307,), (0.3081,))
 PAPER_SIZE = 32
 
 
-def _normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+def _normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float], *, inplace: bool = False) -> torch.Tensor:
+    """``(x - mean) / std`` per channel; ``inplace`` saves two full-size temporaries on big datasets."""
     m = torch.tensor(mean, dtype=x.dtype).view(1, -1, 1, 1)
     s = torch.tensor(std, dtype=x.dtype).view(1, -1, 1, 1)
-    return (x - m) / s
+    return x.sub_(m).div_(s) if inplace else (x - m) / s
 
 
-def to_float(x_uint: "torch.Tensor | object", *, scale: float) -> torch.Tensor:
-    """uint8/float array (n, C, H, W) → float32 tensor in [0, 1] (divided by ``scale``)."""
-    t = torch.as_tensor(x_uint)
-    return t.to(torch.float32).div_(scale)
+def to_float(x: "np.ndarray", *, scale: float) -> torch.Tensor:
+    """uint8/float numpy array (n, C, H, W) → new float32 tensor in [0, 1] (divided by ``scale``)."""
+    return torch.from_numpy(np.asarray(x).astype(np.float32)).div_(scale)
 
 
-def native(x01: torch.Tensor, *, dataset: str) -> tuple[torch.Tensor, dict]:
+def native(x01: torch.Tensor, *, dataset: str, inplace: bool = False) -> tuple[torch.Tensor, dict]:
     """Standardize [0,1] images per channel with :data:`NATIVE_STATS` (shape unchanged)."""
     mean, std = NATIVE_STATS[dataset]
-    return _normalize(x01, mean, std), {"preset": "native", "mean": list(mean), "std": list(std), "resize": None}
+    return _normalize(x01, mean, std, inplace=inplace), {"preset": "native", "mean": list(mean), "std": list(std), "resize": None}
 
 
 def paper(x01: torch.Tensor, *, normalize: bool = True) -> tuple[torch.Tensor, dict]:
@@ -67,16 +68,12 @@ def paper(x01: torch.Tensor, *, normalize: bool = True) -> tuple[torch.Tensor, d
         # resize before replicating channels: 3x less work, same result
         x = F.interpolate(x, size=(PAPER_SIZE, PAPER_SIZE), mode="bilinear", align_corners=False, antialias=False)
         resize = {"from": [h, w], "to": [PAPER_SIZE, PAPER_SIZE], "mode": "bilinear", "align_corners": False, "antialias": False}
+    mean, std = PAPER_GREY if grey else PAPER_COLOUR
+    info: dict = {"preset": "paper", "resize": resize, "grey_to_rgb": grey, "mean": None, "std": None}
+    if normalize:
+        # grey: one constant for all three channels, so normalize before replicating
+        x = _normalize(x, mean, std, inplace=x is not x01)
+        info.update(mean=list(mean) * (3 if grey else 1), std=list(std) * (3 if grey else 1))
     if grey:
         x = x.expand(-1, 3, -1, -1)
-    mean, std = PAPER_GREY if grey else PAPER_COLOUR
-    info = {"preset": "paper", "resize": resize, "grey_to_rgb": grey}
-    if normalize:
-        mean3 = mean * 3 if grey else mean
-        std3 = std * 3 if grey else std
-        x = _normalize(x, mean3, std3)
-        info.update(mean=list(mean3), std=list(std3))
-    else:
-        x = x.contiguous()
-        info.update(mean=None, std=None)
     return x.contiguous(), info

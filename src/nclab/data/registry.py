@@ -108,6 +108,16 @@ class DatasetSplits:
     class_names: list[str]
     meta: dict = field(default_factory=dict)
 
+    def to(self, device: str | torch.device) -> "DatasetSplits":
+        """A copy with the four tensors on ``device`` (e.g. to batch by index on the GPU)."""
+        return dataclasses.replace(
+            self,
+            train_x=self.train_x.to(device),
+            train_y=self.train_y.to(device),
+            test_x=self.test_x.to(device),
+            test_y=self.test_y.to(device),
+        )
+
     def __repr__(self) -> str:
         return (
             f"DatasetSplits({self.name!r}, train={tuple(self.train_x.shape)}, test={tuple(self.test_x.shape)}, "
@@ -478,16 +488,15 @@ def load_dataset(
             empty = [keep[i] for i in np.flatnonzero(present == 0)]
             raise DataFormatError(f"dataset {key!r}: {split} split has no samples of class(es) {empty}")
 
-    def prep(x: np.ndarray) -> tuple[torch.Tensor, dict]:
-        t = torch.from_numpy(np.ascontiguousarray(x))  # fancy indexing above already copied
+    def prep(x: np.ndarray, idx: np.ndarray) -> tuple[torch.Tensor, dict]:
+        x = x if idx.size == x.shape[0] else x[idx]  # idx is sorted: full size means all, in order
+        t = pp.to_float(x, scale=1.0 if raw.scale is None else raw.scale)  # a fresh tensor we own
         if raw.scale is None:  # synthetic: values are already final features
-            t = t.to(torch.float32)
             return pp.paper(t, normalize=False) if preprocess == "paper" else (t, {"preset": "native", "mean": None, "std": None, "resize": None})
-        t = pp.to_float(t, scale=raw.scale)
-        return pp.paper(t) if preprocess == "paper" else pp.native(t, dataset=key)
+        return pp.paper(t) if preprocess == "paper" else pp.native(t, dataset=key, inplace=True)
 
-    train_x, info = prep(raw.train_x[tr_idx])
-    test_x, _ = prep(raw.test_x[te_idx])
+    train_x, info = prep(raw.train_x, tr_idx)
+    test_x, _ = prep(raw.test_x, te_idx)
     info = {**info, "scale": raw.scale}
     meta = {
         **raw.meta,
