@@ -14,8 +14,13 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+@app.callback()
+def _root() -> None:
+    """Neural collapse under label noise: metrics, training, theory, sweeps."""
+
+
 # Each command group lives in its own module with ``register(app)``.
-_GROUPS: tuple[str, ...] = ()
+_GROUPS: tuple[str, ...] = ("metrics",)
 
 
 def _register_all() -> None:

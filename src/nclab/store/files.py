@@ -112,3 +112,44 @@ def read_jsonl(path: str | Path) -> list[dict]:
 def truncate_jsonl(path: str | Path, keep: Iterable[dict]) -> None:
     """Rewrite a JSONL file atomically with exactly ``keep`` (used on resume)."""
     atomic_write_text(path, "".join(to_json(r) + "\n" for r in keep))
+
+
+FEATURE_FILE_ARRAYS = {
+    "features": "n×d penultimate features (required)",
+    "labels": "n integer labels (required)",
+    "clean_labels": "n clean labels (optional; enables memorization/dilation)",
+    "W": "C×d classifier weight (optional)",
+    "b": "C classifier bias (optional)",
+    "logits": "n×C logits (optional)",
+}
+
+
+def load_feature_file(path: str | Path) -> dict:
+    """Read an ``.npz`` of features for ``nclab metrics``; clear errors for every failure.
+
+    Returns a dict with the arrays present (keys of ``FEATURE_FILE_ARRAYS``).
+    Unknown arrays are an error (a typo such as ``weights`` would otherwise be ignored).
+    """
+    import zipfile
+
+    import numpy as np
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path}")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path} is not a readable .npz file (not a zip archive: corrupt or wrong format)")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            data = {k: z[k] for k in z.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        raise ValueError(f"{path} is not a readable .npz file (corrupt or wrong format): {exc}") from exc
+    missing = [k for k in ("features", "labels") if k not in data]
+    if missing:
+        raise ValueError(f"{path} is missing required array(s) {missing}; it holds {sorted(data)}")
+    unknown = sorted(set(data) - set(FEATURE_FILE_ARRAYS))
+    if unknown:
+        raise ValueError(
+            f"{path} holds unknown array(s) {unknown}; expected some of {list(FEATURE_FILE_ARRAYS)}"
+        )
+    return data

@@ -1,0 +1,69 @@
+"""Shared CLI helpers: a console, error reporting, metric tables."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print a one-line error (no traceback) and exit."""
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def fmt(v: Any) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, bool):
+        return str(v)
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if math.isinf(v):
+            return "inf"
+        if v == 0 or 1e-3 <= abs(v) < 1e4:
+            return f"{v:.4f}"
+        return f"{v:.3e}"
+    return str(v)
+
+
+METRIC_GROUPS: list[tuple[str, tuple[str, ...]]] = [
+    ("NC1 · within-class variability", ("nc1", "nc1_pinv", "nc1_rank", "nc1_trace_ratio", "nc1_logits", "cdnv")),
+    ("NC2 · frames", (
+        "nc2_equinorm_means", "nc2_equinorm_weights", "nc2_equiangular_means", "nc2_equiangular_weights",
+        "nc2_etf_error_means", "nc2_etf_error_weights", "nc2_orthogonal_error_means", "nc2_orthogonal_error_weights",
+    )),
+    ("NC3 · self-duality", ("nc3_papyan", "nc3_zhu")),
+    ("NC4 · nearest class centre", ("nc4_ncc_mismatch", "nc4_ncc_mismatch_bias", "nc4_ncc_mismatch_nobias", "nc4_bias_norm")),
+    ("Classifier", ("accuracy", "accuracy_clean", "ece")),
+    ("Label noise", (
+        "realized_noise_rate", "memorization", "memorization_normalized", "dilation", "dilation_std",
+        "dilation_normalized", "clean_centroid_distance", "noisy_centroid_projection",
+    )),
+]
+
+
+def metric_table(values: dict, *, title: str, columns: Iterable[str] = ("value",), rows: list[dict] | None = None) -> Table:
+    """A grouped table of metric keys; several result dicts make several columns."""
+    cols = list(columns)
+    results = rows if rows is not None else [values]
+    table = Table(title=title, show_lines=False, title_justify="left")
+    table.add_column("metric", style="cyan", no_wrap=True)
+    for c in cols:
+        table.add_column(c, justify="right")
+    for group, keys in METRIC_GROUPS:
+        present = [k for k in keys if any(r.get(k) is not None for r in results)]
+        if not present:
+            continue
+        table.add_row(f"[bold]{group}[/]", *[""] * len(cols))
+        for k in present:
+            table.add_row(f"  {k}", *[fmt(r.get(k)) for r in results])
+    return table
