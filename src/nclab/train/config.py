@@ -50,6 +50,7 @@ class DatasetConfig(StrictModel):
     preprocess: Literal["native", "paper"] = "native"
     val_fraction: float = 0.0  # held out from the NOISY training set (stream "split")
     download: bool = False
+    options: dict[str, Any] = Field(default_factory=dict)  # loader options, e.g. synthetic's num_classes
 
     @field_validator("val_fraction")
     @classmethod

@@ -26,12 +26,26 @@ def collect_outputs(model: nn.Module, x: Tensor, *, batch_size: int) -> tuple[Te
     return torch.cat([o[0] for o in outs]), torch.cat([o[1] for o in outs])
 
 
+def fold_logits(logits: Tensor, label_to_class: Tensor, num_classes: int) -> Tensor:
+    """Class logits from label logits: ``z_c = logsumexp_{l : class(l) = c} z_l``.
+
+    ``softmax`` of the result is the total probability of each class, so with latent
+    classes (labels ``c`` and ``c + C`` for class ``c``) test predictions and losses
+    are taken over the ``C`` true classes.
+    """
+    idx = label_to_class.to(logits.device).expand(logits.shape[0], -1)
+    neg_inf = torch.full((logits.shape[0], num_classes), float("-inf"), dtype=logits.dtype, device=logits.device)
+    peak = neg_inf.scatter_reduce(1, idx, logits, reduce="amax", include_self=True)  # stable logsumexp
+    total = torch.zeros_like(peak).scatter_add(1, idx, (logits - peak.gather(1, idx)).exp())
+    return peak + total.log()
+
+
 def nc_metrics(
     features: Tensor,
     labels: Tensor,
     *,
     num_classes: int,
-    classifier: nn.Linear,
+    classifier: nn.Linear | None,
     logits: Tensor | None = None,
     clean_labels: Tensor | None = None,
     convention: str,
@@ -58,8 +72,8 @@ def nc_metrics(
     res = evaluate_stream(
         make_batches,
         num_classes=num_classes,
-        weight=classifier.weight.detach(),
-        bias=None if classifier.bias is None else classifier.bias.detach(),
+        weight=None if classifier is None else classifier.weight.detach(),
+        bias=None if classifier is None or classifier.bias is None else classifier.bias.detach(),
         convention=convention,
     )
     return res.to_dict()
@@ -78,24 +92,34 @@ def evaluate_split(
     convention: str,
     batch_size: int,
     metrics: bool = True,
+    fold: bool = False,
 ) -> dict[str, Any]:
     """Loss, accuracies and (optionally) the NC metric dict of one split.
 
     Returns ``{"loss", "acc", "acc_clean" (if clean_labels), "metrics" (dict or None)}``
     where ``acc`` compares ``argmax`` with ``labels`` and ``acc_clean`` compares the
     class the predicted label stands for (``label_to_class``) with ``clean_labels``.
+    ``fold=True`` (latent classes on a split labelled by class): logits are first
+    folded to the true classes (:func:`fold_logits`) and the metrics use the
+    ``C`` classes without the classifier (its rows are per label, not per class).
     """
     logits, feats = collect_outputs(model, x, batch_size=batch_size)
+    classifier: nn.Linear | None = model.classifier
+    if fold:
+        num_classes = int(label_to_class.max()) + 1
+        logits = fold_logits(logits, label_to_class, num_classes)
+        label_to_class = torch.arange(num_classes, device=logits.device)
+        classifier = None
     pred = logits.argmax(dim=1)
     with torch.no_grad():
         loss = float(loss_fn(logits, labels))
-    out: dict[str, Any] = {"loss": loss, "acc": float((pred == labels).float().mean())}
+    out: dict[str, Any] = {"loss": loss, "acc": float((pred == labels).double().mean())}
     if clean_labels is not None:
-        out["acc_clean"] = float((label_to_class[pred] == clean_labels).float().mean())
+        out["acc_clean"] = float((label_to_class[pred] == clean_labels).double().mean())
     out["metrics"] = None
     if metrics:
         out["metrics"] = nc_metrics(
-            feats, labels, num_classes=num_classes, classifier=model.classifier, logits=logits,
+            feats, labels, num_classes=num_classes, classifier=classifier, logits=logits,
             clean_labels=metric_clean_labels, convention=convention, batch_size=batch_size,
         )
     return out

@@ -97,7 +97,7 @@ def prepare_data(config: TrainConfig, device: torch.device) -> RunData:
     d, nz = config.dataset, config.noise
     splits = load_dataset(
         d.name, data_dir=d.data_dir, classes=d.classes, per_class=d.per_class,
-        preprocess=d.preprocess, seed=config.seed, download=d.download,
+        preprocess=d.preprocess, seed=config.seed, download=d.download, options=d.options or None,
     )
     y = np.asarray(splits.train_y, dtype=np.int64)
     nl = make_noise(
@@ -119,7 +119,8 @@ def prepare_data(config: TrainConfig, device: torch.device) -> RunData:
     l2c = np.asarray(nl.label_to_class)
 
     def t(a: Any, dtype=None) -> Tensor:
-        return torch.as_tensor(np.asarray(a) if not isinstance(a, Tensor) else a, dtype=dtype).to(device)
+        # np.array copies: the noise record's arrays are read-only
+        return torch.as_tensor(np.array(a) if not isinstance(a, Tensor) else a, dtype=dtype).to(device)
 
     x_all = torch.as_tensor(splits.train_x)
     ti, vi = torch.as_tensor(train_idx), torch.as_tensor(val_idx)
@@ -198,7 +199,8 @@ def _evaluate(model: nn.Module, data: RunData, loss_fn: nn.Module, config: Train
               convention=config.convention, batch_size=config.eval_batch_size)
     tr = evaluate_split(model, data.x_train, data.y_train, clean_labels=data.clean_train,
                         metric_clean_labels=data.metric_clean_train, **kw)
-    te = evaluate_split(model, data.x_test, data.y_test, clean_labels=data.y_test, **kw)
+    latent = data.num_classes != int(data.label_to_class.max()) + 1
+    te = evaluate_split(model, data.x_test, data.y_test, clean_labels=data.y_test, fold=latent, **kw)
     rec: dict[str, Any] = {
         "train_loss": tr["loss"],
         "train_acc_noisy": tr["acc"],

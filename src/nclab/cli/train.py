@@ -1,0 +1,53 @@
+"""``nclab train``: one training run from a YAML config plus ``--set`` overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``train`` command to ``app``."""
+
+    @app.command("train")
+    def train_cmd(
+        config: Optional[Path] = typer.Argument(None, help="YAML config (defaults are used for missing keys)."),
+        set_: list[str] = typer.Option([], "--set", "-s", help="Override, e.g. --set optim.lr=0.05 (repeatable)."),
+        run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Run directory [default: runs/<name>]."),
+        resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in the run directory."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Delete the run directory's nclab files first."),
+        no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
+        max_epochs: Optional[int] = typer.Option(None, "--max-epochs", help="Stop after this epoch (resumable)."),
+    ) -> None:
+        """Train one model under label noise; writes config, env, metrics.jsonl and checkpoints."""
+        from rich.console import Console
+        from rich.table import Table
+
+        from nclab.config import ConfigError
+        from nclab.train import CheckpointError, TrainConfig, train
+
+        err = Console(stderr=True)
+        try:
+            cfg = TrainConfig.from_sources(config, set_)
+            target = run_dir if run_dir is not None else Path("runs") / cfg.name
+            result = train(cfg, run_dir=target, resume=resume, overwrite=overwrite, progress=not no_progress,
+                           max_epochs=max_epochs)
+        except (ConfigError, CheckpointError, FileNotFoundError, ValueError, RuntimeError) as exc:
+            err.print(f"[bold red]error:[/] {exc}", highlight=False)
+            raise typer.Exit(2) from None
+        out = Console()
+        table = Table(title=f"{cfg.name}: {result.status} at epoch {result.epoch}/{cfg.epochs}", show_header=False)
+        final = result.final or {}
+        for key in ("test_acc", "train_acc_noisy", "train_acc_clean", "train.nc1", "train.memorization",
+                    "train.dilation", "test.nc1"):
+            value = final.get(key)
+            table.add_row(key, "-" if value is None else f"{value:.4g}")
+        table.add_row("run dir", str(result.run_dir))
+        out.print(table)
+        if result.status == "diverged":
+            err.print(f"[bold red]{result.message}[/]", highlight=False)
+            raise typer.Exit(3)
+        if result.message:
+            out.print(result.message, highlight=False)
