@@ -229,3 +229,30 @@ def test_vectorised_speed():
     t = time.perf_counter()
     make_noise(y, kind="symmetric", rate=0.3, num_classes=10, generator=np.random.default_rng(0), exact=True)
     assert time.perf_counter() - t < 2.0  # a Python loop over 1e6 samples would take far longer
+
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    C=st.integers(2, 6),
+    n=st.integers(1, 200),
+    rate=st.floats(0, 1),
+    kind=st.sampled_from(["symmetric", "symmetric_all", "pairflip"]),
+    exact=st.booleans(),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_invariants_property(C, n, rate, kind, exact, seed):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, C, n)
+    nl = make_noise(y, kind=kind, rate=rate, num_classes=C, generator=rng, exact=exact)
+    np.testing.assert_array_equal(nl.clean, y)
+    assert nl.noisy.min() >= 0 and nl.noisy.max() < C
+    np.testing.assert_allclose(nl.transition.sum(1)[np.bincount(y, minlength=C) > 0], 1.0)
+    if kind == "pairflip":
+        assert np.all((nl.noisy == y) | (nl.noisy == (y + 1) % C))
+    if exact and kind != "symmetric_all":
+        n_c = np.bincount(y, minlength=C)
+        np.testing.assert_array_equal(np.bincount(y[nl.is_noisy], minlength=C), np.rint(rate * n_c))

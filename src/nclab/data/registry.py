@@ -206,8 +206,8 @@ def _locate(name: str, data_dir: str | Path | None, download: bool) -> tuple[str
             return origin, files
         state = "does not exist" if not d.exists() else f"missing {', '.join(missing)}"
         looked.append(f"{d} ({origin}: {state})")
+    target = (Path(data_dir).expanduser() / name) if data_dir is not None else cache_dir(name)
     if download:
-        target = (Path(data_dir).expanduser() / name) if data_dir is not None else cache_dir(name)
         for res in REMOTE[name]:
             dest = target / res.filename
             if not dest.is_file():
@@ -216,7 +216,7 @@ def _locate(name: str, data_dir: str | Path | None, download: bool) -> tuple[str
         if files is None:  # pragma: no cover - fetch raises before this
             raise DataNotFoundError(f"download of {name} into {target} is incomplete: missing {missing}")
         return "download", files
-    how = [f"pass download=True (CLI: --download) to fetch it from {REMOTE[name][0].urls[0]} (checksummed) into {cache_dir(name)}"]
+    how = [f"pass download=True (CLI: --download) to fetch it from {REMOTE[name][0].urls[0]} (checksummed) into {target}"]
     if name in APT_PACKAGES:
         how.insert(0, f"install the system copy: sudo apt-get install {APT_PACKAGES[name]}")
     how.append("or put the files in a folder and pass data_dir=... (CLI: --data-dir DIR)")
