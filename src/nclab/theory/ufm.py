@@ -215,7 +215,7 @@ def solve_ufm(
     starts: int = 4,
     seed: int = 0,
     rng: np.random.Generator | None = None,
-    tol: float = 1e-9,
+    tol: float = 1e-8,
     max_iter: int = 20000,
     init_scale: float = 0.5,
 ) -> UFMResult:
