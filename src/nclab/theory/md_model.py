@@ -54,12 +54,12 @@ from nclab.seeding import numpy_generator
 from nclab.theory._solver import minimize_bounded, resolve_loss, torch_fg
 from nclab.theory.geometry import etf_error, orthogonal_frame_error
 
-__all__ = ["MDResult", "md_grid", "md_sweep", "solve_md", "test_error_proxy"]
+__all__ = ["MDResult", "md_grid", "md_sweep", "solve_md", "error_proxy"]
 
 TEST_NOISES = ("gaussian", "sphere")
 
 
-def test_error_proxy(
+def error_proxy(
     weight: np.ndarray,
     centres: np.ndarray,
     radius: float,
@@ -68,6 +68,7 @@ def test_error_proxy(
     noise: str = "gaussian",
     samples: int = 200_000,
     rng: np.random.Generator | None = None,
+    method: str = "auto",
 ) -> tuple[float, float]:
     """``(p, standard_error)``: P[argmax(W(h_c + r u) + b) != c], averaged over classes c.
 
@@ -76,7 +77,10 @@ def test_error_proxy(
     gaussian ``Phi(-g sqrt(d) / (r ||a||))``; sphere ``P[t < -g/(r||a||)]`` where
     ``t = a.u/||a||`` has CDF ``I_{(1+s)/2}((d-1)/2, (d-1)/2)`` (d >= 2). Ties count as errors.
     N > 2: Monte Carlo with ``samples`` draws per class from ``rng``; standard error returned.
+    ``method``: ``"auto"`` (exact when N = 2), ``"exact"`` (N = 2 only) or ``"mc"``.
     """
+    if method not in ("auto", "exact", "mc"):
+        raise ValueError(f"method must be 'auto', 'exact' or 'mc'; got {method!r}")
     if noise not in TEST_NOISES:
         raise ValueError(f"noise must be one of {TEST_NOISES}; got {noise!r}")
     if not (math.isfinite(radius) and radius >= 0):
@@ -85,7 +89,9 @@ def test_error_proxy(
     centres = np.asarray(centres, dtype=np.float64)
     n_cls, d = weight.shape
     b = np.zeros(n_cls) if bias is None else np.asarray(bias, dtype=np.float64)
-    if n_cls == 2:
+    if method == "exact" and n_cls != 2:
+        raise ValueError(f"the exact test-error proxy needs N = 2 classes; got N = {n_cls}")
+    if n_cls == 2 and method != "mc":
         errs = []
         for c in range(2):
             a = weight[c] - weight[1 - c]
@@ -300,7 +306,7 @@ def solve_md(
         for i, (c, cp) in enumerate(pairs):
             feats[c, cp] = f[i]
     test_rng = numpy_generator(seed, "theory.md.test")
-    p_err, p_se = test_error_proxy(w, h, r, bias=b, noise=test_noise, samples=mc_samples, rng=test_rng)
+    p_err, p_se = error_proxy(w, h, r, bias=b, noise=test_noise, samples=mc_samples, rng=test_rng)
     logits_c = h @ w.T + (0.0 if b is None else b)
     other = logits_c.copy()
     np.fill_diagonal(other, -np.inf)
