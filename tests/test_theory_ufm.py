@@ -172,3 +172,14 @@ def test_seeded_starts_are_reproducible():
     a, b = solve_ufm(**kw), solve_ufm(**kw)
     assert a.start_objectives == b.start_objectives
     np.testing.assert_array_equal(a.weight, b.weight)
+
+
+def test_local_geometry_agrees_with_metrics_engine():
+    res = solve_ufm(num_classes=4, per_class=3, lambda_w=LW, lambda_h=LH, starts=1, seed=12, init_scale=0.3,
+                    max_iter=5)  # stopped early on purpose: a non-collapsed, generic configuration
+    s = res.structure
+    assert s["within_class_variability"] > 1e-6
+    assert s["nc2_orthogonal_error_means"] == pytest.approx(s["orthogonal_frame_error"], rel=1e-9)
+    assert s["nc2_etf_error_means"] == pytest.approx(s["etf_error_means"], rel=1e-9)
+    assert s["nc2_etf_error_weights"] == pytest.approx(s["etf_error_weights"], rel=1e-9)
+    assert s["nc1_trace_ratio"] == pytest.approx(s["within_class_variability"], rel=1e-9)

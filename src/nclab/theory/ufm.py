@@ -18,6 +18,7 @@ solution: ``feature_norm = ||H||_F / sqrt(n)``, ``weight_norm = ||W||_F / sqrt(N
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -200,6 +201,24 @@ def ufm_objective(
     return obj, data
 
 
+def _engine_metrics(h, labels, w, b) -> dict[str, float]:
+    """The project's metric suite (``nclab.metrics.nc_metrics``, Zhu 2021 convention) on a solution.
+
+    Our own :func:`nclab.theory.geometry.structure` keys are exact on collapsed solutions and are
+    kept alongside (tests check they agree). The zero solution of the trivial region has no
+    class structure; the engine may reject it, and then only our keys are reported.
+    """
+    from nclab.metrics import nc_metrics
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res = nc_metrics(h, labels, weight=w, bias=b).to_dict()
+    except (ValueError, ZeroDivisionError, FloatingPointError):
+        return {}
+    return {k: float(v) for k, v in res.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
 def solve_ufm(
     *,
     num_classes: int,
@@ -277,7 +296,7 @@ def solve_ufm(
             torch.from_numpy(w), torch.from_numpy(h), labels_t, loss=choice,
             lambda_w=lambda_w, lambda_h=lambda_h, bias=None if b is None else torch.from_numpy(b), lambda_b=lambda_b,
         )
-    struct = structure(h, labels, w, b)
+    struct = {**_engine_metrics(h, labels, w, b), **structure(h, labels, w, b)}
     settings = {
         "num_classes": n_cls, "per_class": k, "dim": d, "lambda_w": lambda_w, "lambda_h": lambda_h,
         "loss": choice.label(), "positive": positive, "bias": bias, "lambda_b": lambda_b,
