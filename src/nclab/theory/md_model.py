@@ -41,6 +41,7 @@ N > 2: Monte Carlo with a seeded generator, with its standard error.
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
@@ -54,7 +55,7 @@ from nclab.seeding import numpy_generator
 from nclab.theory._solver import minimize_bounded, resolve_loss, torch_fg
 from nclab.theory.geometry import etf_error, orthogonal_frame_error
 
-__all__ = ["MDResult", "md_grid", "md_sweep", "solve_md", "error_proxy"]
+__all__ = ["MDResult", "best_alpha_by_eta", "md_grid", "md_sweep", "solve_md", "error_proxy"]
 
 TEST_NOISES = ("gaussian", "sphere")
 
@@ -397,3 +398,19 @@ def md_sweep(
             if progress:
                 progress(done, total)
     return rows  # type: ignore[return-value]
+
+
+def best_alpha_by_eta(rows: Sequence[dict[str, Any]]) -> list[tuple[float, float, float]]:
+    """``(eta, alpha*, error*)``: the smoothing minimizing the test-error proxy (CE counts as alpha = 0).
+
+    Ties (e.g. several alphas with error 0) resolve to the smallest alpha.
+    """
+    by_eta: dict[float, list[tuple[float, float]]] = defaultdict(list)
+    for r in rows:
+        if r["loss"] in ("ce", "ls"):
+            by_eta[float(r["eta"])].append((float(r["alpha"]), float(r["test_error"])))
+    out = []
+    for eta in sorted(by_eta):
+        a, e = min(by_eta[eta], key=lambda t: (t[1], t[0]))
+        out.append((eta, a, e))
+    return out

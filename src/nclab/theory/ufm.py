@@ -216,7 +216,7 @@ def _engine_metrics(h, labels, w, b) -> dict[str, float]:
             res = nc_metrics(h, labels, weight=w, bias=b).to_dict()
     except (ValueError, ZeroDivisionError, FloatingPointError):
         return {}
-    return {k: float(v) for k, v in res.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {k: v for k, v in res.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def solve_ufm(
