@@ -232,8 +232,9 @@ def test_batch_bounds_never_leave_a_single_sample():
     assert batch_bounds(3, 8) == [(0, 3)]
 
 
-def test_latent_classes_run(tmp_path):
-    r = train(cfg("epochs=2", "noise.latent_fraction=0.3"), run_dir=tmp_path / "lat", progress=False)
+def test_latent_classes_run_with_progress_bar(tmp_path, capsys):
+    r = train(cfg("epochs=2", "noise.latent_fraction=0.3"), run_dir=tmp_path / "lat", progress=True)
+    assert "NC1" in capsys.readouterr().out
     f = r.final
     assert f["train.num_classes"] == 4 and f["test.num_classes"] == 2
     assert f["test_acc"] > 0.7 and math.isfinite(f["train.memorization"])

@@ -193,6 +193,7 @@ class OptimConfig(StrictModel):
     momentum: float = 0.9
     weight_decay: float = 5e-4
     nesterov: bool = False
+    fused: bool = True  # PyTorch's fused kernel (CPU and CUDA): same update, fewer passes over memory
 
     @field_validator("lr")
     @classmethod

@@ -1,0 +1,153 @@
+"""Per-sample training dynamics: the logit margin of every training sample at each evaluation.
+
+The margin of sample ``i`` with given (possibly noisy) label ``y_i`` is
+
+    m_i = z_{i, y_i} − max_{j ≠ y_i} z_{i, j}
+
+(positive iff the model predicts the given label). Its mean over epochs is the
+*area under the margin* (AUM, Pleiss et al. 2020); the epoch from which it stays
+positive is how late the sample is fitted. Both flag mislabeled samples, which
+a network fits late (memorization) and with small or negative margins.
+
+Files: ``run_dir/dynamics/epoch_XXXX.npy``, one float32 vector of length n per
+recorded epoch, written atomically. Re-recording an epoch overwrites it, and
+:meth:`DynamicsRecorder.truncate` drops epochs after a resumed checkpoint, so a
+resumed run ends with the same files as an uninterrupted one.
+
+Differences from Pleiss et al.: margins are taken from eval-mode logits at the
+trainer's evaluation epochs (not from the training-mode forward of each
+minibatch), so they do not depend on dropout/BatchNorm batch statistics.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from nclab.store.files import atomic_write_bytes
+
+DYNAMICS_DIR = "dynamics"
+_PATTERN = re.compile(r"^epoch_(\d{4,})\.npy$")
+
+__all__ = ["DYNAMICS_DIR", "Dynamics", "DynamicsRecorder", "load_dynamics", "logit_margins"]
+
+
+def logit_margins(logits: Any, labels: Any) -> np.ndarray:
+    """``z[i, y_i] − max_{j≠y_i} z[i, j]`` for logits (n×C, C ≥ 2) and integer labels (n); float32 numpy."""
+    z = torch.as_tensor(logits).detach()
+    y = torch.as_tensor(labels).detach().to(device=z.device)
+    if z.ndim != 2 or z.shape[1] < 2:
+        raise ValueError(f"logits must be n×C with C >= 2; got shape {tuple(z.shape)}")
+    if y.ndim != 1 or y.shape[0] != z.shape[0]:
+        raise ValueError(f"labels must be a vector of length {z.shape[0]}; got shape {tuple(y.shape)}")
+    if y.is_floating_point() or y.dtype == torch.bool:
+        raise TypeError(f"labels must be integer class ids; got dtype {y.dtype}")
+    y = y.long()
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= z.shape[1]):
+        raise ValueError(f"labels must lie in [0, {z.shape[1]})")
+    if not bool(torch.isfinite(z).all()):
+        raise ValueError("logits contain NaN or inf; margins would be meaningless")
+    z = z.double()
+    own = z.gather(1, y[:, None]).squeeze(1)
+    other = z.scatter(1, y[:, None], float("-inf")).max(dim=1).values
+    return (own - other).cpu().numpy().astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Dynamics:
+    """Recorded margins: ``epochs`` (E,) increasing, ``margins`` (E, n) float32."""
+
+    epochs: np.ndarray
+    margins: np.ndarray
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.margins.shape[1])
+
+
+class DynamicsRecorder:
+    """Writes per-epoch per-sample margins under ``run_dir/dynamics``.
+
+    Call :meth:`clear` when a run starts fresh, :meth:`truncate` (``after`` = the
+    checkpoint epoch) when it resumes, then :meth:`record` (or
+    :meth:`record_model`) at each evaluation.
+    """
+
+    def __init__(self, run_dir: str | Path):
+        self.dir = Path(run_dir) / DYNAMICS_DIR
+
+    def path(self, epoch: int) -> Path:
+        return self.dir / f"epoch_{int(epoch):04d}.npy"
+
+    def epochs(self) -> list[int]:
+        """Recorded epochs, increasing."""
+        if not self.dir.is_dir():
+            return []
+        return sorted(int(m.group(1)) for p in self.dir.iterdir() if (m := _PATTERN.match(p.name)))
+
+    def record(self, epoch: int, logits: Tensor, labels: Tensor) -> Path:
+        """Write the margins of ``logits`` (n×C, training-label space) w.r.t. ``labels`` (n, the
+        labels the loss sees) for ``epoch`` (≥ 0; overwrites an existing record)."""
+        if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
+            raise ValueError(f"epoch must be a non-negative integer; got {epoch!r}")
+        m = logit_margins(logits, labels)
+        for e in self.epochs():
+            if e != epoch:
+                n_old = np.load(self.path(e), mmap_mode="r").shape[0]
+                if n_old != m.shape[0]:
+                    raise ValueError(
+                        f"{self.path(e)} holds {n_old} samples but this record has {m.shape[0]}; "
+                        "a dynamics folder belongs to one training set (clear() it to start over)"
+                    )
+                break
+        buf = io.BytesIO()
+        np.save(buf, m, allow_pickle=False)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(self.path(epoch), buf.getvalue())
+        return self.path(epoch)
+
+    @torch.no_grad()
+    def record_model(self, epoch: int, model: torch.nn.Module, x: Tensor, labels: Tensor, *, batch_size: int = 1024) -> Path:
+        """Forward ``x`` in eval mode (mode restored) and :meth:`record` the margins."""
+        was = model.training
+        model.eval()
+        try:
+            z = torch.cat([model(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)])
+        finally:
+            model.train(was)
+        return self.record(epoch, z, labels)
+
+    def truncate(self, *, after: int) -> None:
+        """Delete records of epochs ``> after`` (they will be recomputed on resume)."""
+        for e in self.epochs():
+            if e > after:
+                os.unlink(self.path(e))
+
+    def clear(self) -> None:
+        """Delete every record (a fresh run in a reused directory)."""
+        self.truncate(after=-1)
+
+
+def load_dynamics(run_dir: str | Path) -> Dynamics:
+    """All recorded margins of a run, stacked by epoch. Raises ``FileNotFoundError`` when
+    nothing was recorded (the run was trained without ``record_dynamics``)."""
+    rec = DynamicsRecorder(run_dir)
+    epochs = rec.epochs()
+    if not epochs:
+        raise FileNotFoundError(
+            f"no training dynamics in {rec.dir}: train with record_dynamics=true "
+            "(or use the feature score, which needs only the checkpoint)"
+        )
+    rows = [np.load(rec.path(e), allow_pickle=False) for e in epochs]
+    sizes = {r.shape for r in rows}
+    if len(sizes) != 1 or len(next(iter(sizes))) != 1:
+        raise ValueError(f"dynamics records in {rec.dir} have different shapes {sorted(sizes)}")
+    return Dynamics(epochs=np.asarray(epochs, dtype=np.int64), margins=np.stack(rows).astype(np.float32))
