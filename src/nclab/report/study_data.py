@@ -39,7 +39,11 @@ METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
 
 def md_keys(records: list[dict[str, Any]]) -> dict[str, str]:
     """Which final keys fed ``memorization``/``dilation`` (normalized or raw)."""
-    return {m: records[0]["_keys"].get(m, "?") for m in ("memorization", "dilation")} if records else {}
+    out = {}
+    for m in ("memorization", "dilation"):
+        # rate-0 runs have no noisy samples (memorization None): take the first run that has it
+        out[m] = next((r["_keys"][m] for r in records if m in r["_keys"]), "n/a")
+    return out
 
 
 def _num(v: Any) -> float | None:
