@@ -273,3 +273,12 @@ def test_end_to_end_fashion_mnist(tmp_path):
     assert r.status == "completed"
     assert f["test_acc"] > 0.8  # T-shirt vs Trouser; chance 0.5
     assert all(math.isfinite(f[k]) for k in ("train.nc1", "test.nc1", "train.memorization", "train.dilation"))
+
+
+@pytest.mark.parametrize("model", ["model.name=cnn", "model.name=resnet18"])
+def test_conv_models_train(tmp_path, model):
+    extra = ["model.channels=4", "model.feature_dim=16"] if "cnn" in model else ["model.width_multiplier=0.0625"]
+    r = train(cfg("epochs=1", model, *extra), run_dir=tmp_path / "m", progress=False)
+    f = r.final
+    assert r.status == "completed" and f["train.feature_dim"] > 2
+    assert math.isfinite(f["train.nc1"]) and math.isfinite(f["test_loss"])

@@ -126,7 +126,7 @@ def prepare_data(config: TrainConfig, device: torch.device) -> RunData:
     ti, vi = torch.as_tensor(train_idx), torch.as_tensor(val_idx)
     arrays = {**nl.as_arrays(), "train_idx": train_idx.astype(np.int64), "val_idx": val_idx.astype(np.int64)}
     return RunData(
-        x_train=t(x_all[ti]),
+        x_train=t(x_all[ti] if len(val_idx) else x_all),  # no copy of the inputs without a split
         y_train=t(noisy[train_idx], torch.int64),
         clean_train=t(clean[train_idx], torch.int64),
         metric_clean_train=t(_metric_clean(noisy, clean, l2c)[train_idx], torch.int64),
