@@ -20,7 +20,7 @@ def _root() -> None:
 
 
 # Each command group lives in its own module with ``register(app)``.
-_GROUPS: tuple[str, ...] = ("metrics", "train", "demo")
+_GROUPS: tuple[str, ...] = ("metrics", "train", "demo", "sweep", "theory")
 
 
 def _register_all() -> None:
