@@ -1,0 +1,32 @@
+"""Find mislabeled training samples from neural-collapse geometry and training dynamics.
+
+- :mod:`nclab.detect.scores`: per-sample suspicion scores (features: centroid ratio,
+  kNN disagreement; dynamics: area under the margin, fit epoch; rank average) and
+  :func:`detection_quality` (AUROC, precision at the true noise count);
+- :func:`score_run`: the scores for an nclab run directory, written as CSV by
+  :meth:`Suspicion.to_csv`;
+- :mod:`nclab.detect.evaluate`: injected-noise evaluation next to cleanlab.
+"""
+
+from nclab.detect.run import SCORES, Suspicion, score_arrays, score_run
+from nclab.detect.scores import (
+    aum_scores,
+    centroid_ratio_scores,
+    detection_quality,
+    fit_epoch_scores,
+    knn_disagreement_scores,
+    rank_average,
+)
+
+__all__ = [
+    "SCORES",
+    "Suspicion",
+    "aum_scores",
+    "centroid_ratio_scores",
+    "detection_quality",
+    "fit_epoch_scores",
+    "knn_disagreement_scores",
+    "rank_average",
+    "score_arrays",
+    "score_run",
+]

@@ -1,0 +1,161 @@
+"""Suspicion scores for a trained nclab run, and the CSV they are written to."""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.stats import rankdata
+
+from nclab.detect.scores import (
+    aum_scores,
+    centroid_ratio_scores,
+    detection_quality,
+    fit_epoch_scores,
+    knn_disagreement_scores,
+    rank_average,
+)
+
+__all__ = ["SCORES", "Suspicion", "score_arrays", "score_run"]
+
+SCORES: dict[str, str] = {
+    "features": "centroid ratio dist(h, μ_given) / dist(h, nearest other μ) of the final features",
+    "knn": "kNN disagreement of the final features (ties: centroid ratio)",
+    "dynamics": "negated area under the logit margin over the recorded epochs (AUM)",
+    "fit_epoch": "how late the sample is fitted (ties: AUM)",
+    "combined": "rank average of features (centroid ratio), knn and dynamics (AUM)",
+}
+"""Score names for :func:`score_arrays` / ``nclab detect --score`` and what each computes."""
+
+_NEEDS_FEATURES = {"features", "knn", "combined"}
+_NEEDS_DYNAMICS = {"dynamics", "fit_epoch", "combined"}
+
+
+def score_arrays(
+    *, labels: Any, features: Any = None, margins: Any = None, score: str = "combined",
+    num_classes: int | None = None, k: int = 10,
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The ``score`` (see :data:`SCORES`) from in-memory features (n×d) and/or margins (E×n).
+
+    Returns ``(score, components)`` where ``components`` holds each ingredient score.
+    """
+    if score not in SCORES:
+        raise ValueError(f"unknown score {score!r}; valid: {', '.join(SCORES)}")
+    if score in _NEEDS_FEATURES and features is None:
+        raise ValueError(f"score {score!r} needs the features")
+    if score in _NEEDS_DYNAMICS and margins is None:
+        raise ValueError(f"score {score!r} needs training dynamics (margins per epoch)")
+    comp: dict[str, np.ndarray] = {}
+    if score in ("features", "combined"):
+        comp["centroid_ratio"] = centroid_ratio_scores(features, labels, num_classes=num_classes)
+    if score in ("knn", "combined"):
+        comp["knn_disagreement"] = knn_disagreement_scores(features, labels, k=k, num_classes=num_classes)
+    if score in ("dynamics", "combined"):
+        comp["aum"] = aum_scores(margins)
+    if score == "fit_epoch":
+        comp["fit_epoch"] = fit_epoch_scores(margins)
+    if margins is not None and np.asarray(margins).shape[-1] != len(labels):
+        raise ValueError(f"margins cover {np.asarray(margins).shape[-1]} samples but there are {len(labels)} labels")
+    if score == "combined":
+        # rank average; +inf ratios are fine for ranks
+        return rank_average(*comp.values()), comp
+    return next(iter(comp.values())), comp
+
+
+@dataclass
+class Suspicion:
+    """Per-training-sample suspicion, most suspicious first when sorted by ``rank`` (1 = top).
+
+    ``index``: position in the run's training set; ``dataset_index``: position in the
+    dataset's training split (differs when a validation part was held out);
+    ``clean`` / ``is_mislabeled``: from ``noise.npz`` (``None`` when absent).
+    """
+
+    score_name: str
+    index: np.ndarray
+    dataset_index: np.ndarray
+    given: np.ndarray
+    score: np.ndarray
+    clean: np.ndarray | None = None
+    is_mislabeled: np.ndarray | None = None
+    components: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def rank(self) -> np.ndarray:
+        """1 for the most suspicious sample (ties share the smallest rank)."""
+        return rankdata(-self.score, method="min").astype(np.int64)
+
+    def quality(self) -> dict[str, Any] | None:
+        """:func:`detection_quality` against the known truth, or ``None`` without it."""
+        return None if self.is_mislabeled is None else detection_quality(self.score, self.is_mislabeled)
+
+    def to_csv(self, path: str | Path) -> Path:
+        """Write one row per sample, sorted by rank: index, dataset_index, given_label, score,
+        rank, one column per component score, and clean_label, is_mislabeled when known."""
+        from nclab.store.files import atomic_write_text
+
+        order = np.argsort(-self.score, kind="stable")
+        rank = self.rank
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        comp_names = list(self.components) if len(self.components) > 1 else []  # the ingredients of "combined"
+        head = ["index", "dataset_index", "given_label", "score", "rank"] + [f"score_{c}" for c in comp_names]
+        if self.clean is not None:
+            head += ["clean_label", "is_mislabeled"]
+        w.writerow(head)
+        for i in order:
+            row = [int(self.index[i]), int(self.dataset_index[i]), int(self.given[i]), repr(float(self.score[i])), int(rank[i])]
+            row += [repr(float(self.components[c][i])) for c in comp_names]
+            if self.clean is not None:
+                row += [int(self.clean[i]), int(bool(self.is_mislabeled[i]))]
+            w.writerow(row)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, buf.getvalue())
+        return path
+
+
+def score_run(
+    run_dir: str | Path, *, score: str = "combined", k: int = 10, device: str = "cpu", batch_size: int = 1024,
+) -> Suspicion:
+    """Suspicion scores for the training samples of an nclab run.
+
+    Features come from ``checkpoints/last.pt`` on the run's rebuilt training set
+    (``prepare_data``: the same noisy labels), margins from ``run_dir/dynamics``
+    (written when the run was trained with ``record_dynamics``). The truth, when
+    ``noise.npz`` holds it, is attached but never used for scoring.
+    """
+    from nclab.collect.runs import load_run
+    from nclab.train import rundir
+    from nclab.train.dynamics import load_dynamics
+
+    if score not in SCORES:
+        raise ValueError(f"unknown score {score!r}; valid: {', '.join(SCORES)}")
+    run_dir = Path(run_dir)
+    margins = load_dynamics(run_dir).margins if score in _NEEDS_DYNAMICS else None
+    run = load_run(run_dir, device=device)
+    data = run.data
+    y = data.y_train
+    feats = None
+    if score in _NEEDS_FEATURES:
+        with torch.no_grad():
+            x = data.x_train
+            feats = torch.cat([run.model.forward_features(x[i : i + batch_size])[1] for i in range(0, x.shape[0], batch_size)])
+    s, comp = score_arrays(labels=y.cpu(), features=None if feats is None else feats.cpu(), margins=margins,
+                           score=score, num_classes=data.num_classes, k=k)
+    n = y.shape[0]
+    arrays = rundir.load_npz(run_dir / rundir.NOISE) if (run_dir / rundir.NOISE).exists() else {}
+    train_idx = arrays.get("train_idx", np.arange(n))
+    clean = mis = None
+    if "clean" in arrays and "noisy" in arrays:
+        clean = np.asarray(arrays["clean"])[train_idx]
+        l2c = np.asarray(arrays.get("label_to_class", np.arange(int(np.max(arrays["noisy"])) + 1)))
+        mis = l2c[np.asarray(arrays["noisy"])[train_idx]] != clean
+    return Suspicion(score_name=score, index=np.arange(n), dataset_index=np.asarray(train_idx, dtype=np.int64),
+                     given=y.cpu().numpy(), score=s, clean=clean, is_mislabeled=mis,
+                     components=comp)
