@@ -6,6 +6,26 @@
   named layers from the same forward passes (collapse through depth).
 """
 
-from nclab.collect.core import LAYER_KEYS, collect, collect_layers, find_final_linear, layer_summary
+from nclab.collect.core import (
+    LAYER_KEYS,
+    collect,
+    collect_layers,
+    default_layers,
+    features_of,
+    find_final_linear,
+    layer_summary,
+)
+from nclab.collect.runs import LoadedRun, load_run, load_user_model
 
-__all__ = ["LAYER_KEYS", "collect", "collect_layers", "find_final_linear", "layer_summary"]
+__all__ = [
+    "LAYER_KEYS",
+    "LoadedRun",
+    "collect",
+    "collect_layers",
+    "default_layers",
+    "features_of",
+    "find_final_linear",
+    "layer_summary",
+    "load_run",
+    "load_user_model",
+]

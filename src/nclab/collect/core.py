@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from nclab.metrics import DEFAULT_CONVENTION, NCAccumulator, NCResult, evaluate_stream
 
-__all__ = ["collect", "collect_layers", "find_final_linear", "layer_summary", "LAYER_KEYS"]
+__all__ = ["collect", "collect_layers", "default_layers", "features_of", "find_final_linear", "layer_summary", "LAYER_KEYS"]
 
 LAYER_KEYS: tuple[str, ...] = (
     "feature_dim",
@@ -538,3 +538,47 @@ def collect_layers(
         finally:
             taps.remove()
     return {name: results[name] for name in layers}
+
+
+_ACTIVATIONS = (nn.ReLU, nn.GELU, nn.Tanh, nn.LeakyReLU, nn.SiLU, nn.ELU, nn.Sigmoid)
+
+
+def default_layers(model: nn.Module, *, max_layers: int = 12) -> list[str]:
+    """Names of the model's activation modules (ReLU, GELU, ...) in module order — a
+    depth profile that works for MLPs, CNNs and ResNets alike; at most ``max_layers``,
+    evenly spaced, always including the last."""
+    names = [n for n, m in model.named_modules() if n and isinstance(m, _ACTIVATIONS)]
+    if len(names) > max_layers:
+        pick = np.unique(np.round(np.linspace(0, len(names) - 1, max_layers)).astype(int))
+        names = [names[i] for i in pick]
+    return names
+
+
+def features_of(
+    model: nn.Module, data: Any, *, layer: str | None = None, device: str | torch.device | None = None,
+    batch_size: int = 512, max_samples: int | None = None,
+) -> dict[str, np.ndarray]:
+    """In-memory classifier inputs, logits and labels (numpy) for plotting or ad-hoc analysis:
+    ``{"features", "logits", "labels"[, "clean_labels"]}``; stops after ``max_samples``.
+    Same classifier search, eval mode and hook clean-up as :func:`collect` — but unlike it,
+    this holds everything it returns."""
+    source = _as_source(data, batch_size=batch_size)
+    dev = torch.device(device) if device is not None else _model_device(model)
+    out: dict[str, list[np.ndarray]] = {}
+    with _eval_mode(model), _on_device(model, dev):
+        taps = _Taps(model, final=True, layer=layer, layers=[])
+        try:
+            n = 0
+            for rec in _Runner(model, source, taps, dev, None).batches():
+                for key in ("features", "logits", "labels", "clean_labels"):
+                    if key in rec:
+                        out.setdefault(key, []).append(rec[key].cpu().numpy())
+                n += rec["labels"].shape[0]
+                if max_samples is not None and n >= max_samples:
+                    break
+        finally:
+            taps.remove()
+    res = {k: np.concatenate(v) for k, v in out.items()}
+    if max_samples is not None:
+        res = {k: v[:max_samples] for k, v in res.items()}
+    return res

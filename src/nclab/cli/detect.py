@@ -1,0 +1,62 @@
+"""``nclab detect``: rank a run's training samples by how likely their label is wrong."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from nclab.cli._common import console, fail, fmt
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``detect`` command to ``app``."""
+
+    @app.command("detect")
+    def detect_cmd(
+        run_dir: Path = typer.Argument(..., help="an nclab run directory"),
+        out: Optional[Path] = typer.Option(None, "--out", help="CSV to write [default: RUN_DIR/suspicion-<score>.csv]"),
+        score: str = typer.Option("auto", "--score", help="features | knn | dynamics | fit_epoch | combined | auto "
+                                  "(auto: combined when the run recorded dynamics, else features)"),
+        k: int = typer.Option(10, "--k", help="neighbours for the knn score"),
+        top: int = typer.Option(10, "--top", help="print this many most suspicious samples"),
+        device: str = typer.Option("cpu", "--device"),
+    ) -> None:
+        """Suspicion scores (no clean labels used) for every training sample, written as CSV."""
+        from rich.table import Table
+
+        from nclab.config import ConfigError
+        from nclab.detect import SCORES, score_run
+        from nclab.train import CheckpointError
+        from nclab.train.dynamics import DynamicsRecorder
+
+        if score == "auto":
+            score = "combined" if DynamicsRecorder(run_dir).epochs() else "features"
+        elif score not in SCORES:
+            fail(f"unknown --score {score!r}; valid: auto, {', '.join(SCORES)}")
+        try:
+            sus = score_run(run_dir, score=score, k=k, device=device)
+        except (ConfigError, CheckpointError, FileNotFoundError, ValueError, RuntimeError) as exc:
+            fail(str(exc))
+        path = sus.to_csv(out if out is not None else run_dir / f"suspicion-{score}.csv")
+        console.print(f"[bold]{run_dir.name}[/]: {len(sus.score)} training samples scored by [cyan]{score}[/] "
+                      f"({SCORES[score]})", highlight=False)
+        q = sus.quality()
+        if q is not None and q["auroc"] is not None:
+            console.print(f"against the injected noise ({q['n_mislabeled']} mislabeled): AUROC {q['auroc']:.4f}, "
+                          f"precision@{q['n_mislabeled']} {q['precision_at_k']:.4f}, "
+                          f"average precision {q['average_precision']:.4f}", highlight=False)
+        if top > 0:
+            t = Table(title=f"top {top}", title_justify="left")
+            cols = ["rank", "index", "given", "score"] + (["clean", "mislabeled"] if sus.clean is not None else [])
+            for c in cols:
+                t.add_column(c, justify="right")
+            rank = sus.rank
+            for i in sorted(range(len(rank)), key=lambda j: rank[j])[:top]:
+                row = [str(rank[i]), str(int(sus.index[i])), str(int(sus.given[i])), fmt(float(sus.score[i]))]
+                if sus.clean is not None:
+                    row += [str(int(sus.clean[i])), "yes" if sus.is_mislabeled[i] else "no"]
+                t.add_row(*row)
+            console.print(t)
+        console.print(f"wrote {path}", highlight=False)
