@@ -146,7 +146,9 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--depth", type=int, default=3)
     p.add_argument("--width", type=int, default=256)
-    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    # 1 thread by default: on a small shared machine, intra-op threads spin-wait on busy cores and
+    # make both timings erratic (seen: 0.6 s -> 12 s per epoch); both sides always use the same count.
+    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=2, help="alternate baseline/trainer runs this many times")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
