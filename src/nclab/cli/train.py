@@ -21,7 +21,11 @@ def register(app: typer.Typer) -> None:
         no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
         max_epochs: Optional[int] = typer.Option(None, "--max-epochs", help="Stop after this epoch (resumable)."),
     ) -> None:
-        """Train one model under label noise; writes config, env, metrics.jsonl and checkpoints."""
+        """Train one model under label noise; writes config, env, metrics.jsonl and checkpoints.
+
+        Exit codes: 0 done (or stopped by --max-epochs), 2 bad input (config, run directory,
+        checkpoint, data), 3 diverged (non-finite loss; the last good checkpoint is kept).
+        """
         from rich.console import Console
         from rich.table import Table
 
@@ -34,7 +38,7 @@ def register(app: typer.Typer) -> None:
             target = run_dir if run_dir is not None else Path("runs") / cfg.name
             result = train(cfg, run_dir=target, resume=resume, overwrite=overwrite, progress=not no_progress,
                            max_epochs=max_epochs)
-        except (ConfigError, CheckpointError, FileNotFoundError, ValueError, RuntimeError) as exc:
+        except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as exc:  # user-fixable input
             err.print(f"[bold red]error:[/] {exc}", highlight=False)
             raise typer.Exit(2) from None
         out = Console()

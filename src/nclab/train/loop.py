@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from nclab.config import ConfigError
 from nclab.losses import get_loss
 from nclab.models import build_model
 from nclab.seeding import numpy_generator, torch_generator
@@ -77,7 +78,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' requested but torch.cuda.is_available() is False; use device=auto or cpu")
+        raise ConfigError("device 'cuda' requested but torch.cuda.is_available() is False; use device=auto or cpu")
     return torch.device(name)
 
 
