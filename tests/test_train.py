@@ -282,3 +282,18 @@ def test_conv_models_train(tmp_path, model):
     f = r.final
     assert r.status == "completed" and f["train.feature_dim"] > 2
     assert math.isfinite(f["train.nc1"]) and math.isfinite(f["test_loss"])
+
+
+def test_cuda_request_without_gpu_is_clear(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(ConfigError, match="device 'cuda' requested"):
+        train(cfg("device=cuda"), run_dir=tmp_path / "c", progress=False)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_run(tmp_path):
+    r = train(cfg("device=auto", "epochs=2"), run_dir=tmp_path / "gpu", progress=False)
+    assert json.loads((r.run_dir / "env.json").read_text())["device"].startswith("cuda")
+    assert r.final["test_acc"] > 0.8 and math.isfinite(r.final["train.nc1"])
