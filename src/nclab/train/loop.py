@@ -273,8 +273,8 @@ def train(
     if max_epochs is not None and max_epochs < 1:
         raise ValueError(f"max_epochs must be >= 1; got {max_epochs}")
     run_dir = Path(run_dir)
+    device = resolve_device(config.device)  # before touching the run directory
     resuming = rundir.prepare_run_dir(run_dir, config, resume=resume, overwrite=overwrite)
-    device = resolve_device(config.device)
     data = prepare_data(config, device)
 
     model = build_model(config.model.name, input_shape=data.input_shape, num_classes=data.num_classes,
