@@ -4,9 +4,11 @@
    projected-gradient 2-norm of 1e-8 (target < 2 s); baseline in the same run: plain projected
    gradient descent with a backtracking (Armijo) step, same start, same stopping rule, capped
    at 20000 iterations.
-2. M-D sweep, N=2, 20 eta x (CE + 9 LS alphas) = 200 points, lambda = 0.5, 2 starts each,
-   on ``--workers`` processes (target < 60 s on 2 cores); baseline: the per-point time of the
-   same solves run serially on the first 10 points, extrapolated.
+2. M-D sweep, N=2, 20 eta x (CE + 9 LS alphas) = 200 points, lambda = 0.5, 2 starts each
+   (target < 60 s on 2 cores), with the analytic numpy objective (the default for CE/LS),
+   serially and on ``--workers`` processes; baseline in the same run: the torch-autograd
+   objective (``backend="torch"``) on a 10-point subset spread over the grid, run serially and
+   extrapolated, plus the fast path on that same subset for a like-for-like ratio.
 
 Run: ``.venv/bin/python benchmarks/bench_theory.py [--workers 2] [--quick]``.
 """
@@ -80,17 +82,37 @@ def bench_sweep(workers: int, quick: bool) -> None:
     alphas = np.linspace(0.05, 0.45, 9).tolist() if not quick else [0.1]
     losses = [("ce", None)] + [("ls", a) for a in alphas]
     points = md_grid(etas=etas, losses=losses, expressivities=[0.5], starts=2)
+    # a subset spread over losses and etas (every 19th point) for the slow torch baseline
+    subset = points[:: max(1, len(points) // 10 - 1)][:10]
+    md_sweep([{**points[1], "backend": "torch"}])  # warm-up: imports, first-call costs
     t0 = time.perf_counter()
-    md_sweep(points[:10])
-    t_serial10 = time.perf_counter() - t0
+    rows_torch = md_sweep([{**p, "backend": "torch"} for p in subset])
+    t_torch_sub = time.perf_counter() - t0
     t0 = time.perf_counter()
-    rows = md_sweep(points, workers=workers)
-    t_sweep = time.perf_counter() - t0
-    conv = np.mean([r["converged"] for r in rows])
-    est = t_serial10 / 10 * len(points)
-    print(f"M-D sweep: {len(etas)} eta x {len(losses)} losses = {len(points)} points, 2 starts each, {workers} worker(s)")
-    print(f"  ours: {t_sweep:.1f} s ({t_sweep / len(points) * 1e3:.0f} ms/point), converged {conv:.0%}")
-    print(f"  baseline serial (10 points, extrapolated): {est:.1f} s; ratio {est / t_sweep:.2f}x")
+    rows_fast_sub = md_sweep(subset)
+    t_fast_sub = time.perf_counter() - t0
+    dev = max(abs(a[k] - b[k]) for a, b in zip(rows_fast_sub, rows_torch)
+              for k in ("memorization", "dilation", "objective", "test_error"))
+    t0 = time.perf_counter()
+    rows_serial = md_sweep(points)
+    t_serial = time.perf_counter() - t0
+    t_par = float("nan")
+    if workers > 1:
+        t0 = time.perf_counter()
+        rows = md_sweep(points, workers=workers)  # spawns a pool only if serial is projected > 8 s
+        t_par = time.perf_counter() - t0
+        assert all(a["objective"] == b["objective"] for a, b in zip(rows, rows_serial))
+    conv = np.mean([r["converged"] for r in rows_serial])
+    est_torch = t_torch_sub / len(subset) * len(points)
+    best = min(t_serial, t_par) if workers > 1 else t_serial
+    print(f"M-D sweep: {len(etas)} eta x {len(losses)} losses = {len(points)} points, 2 starts each")
+    print(f"  subset of {len(subset)} points, serial: torch autograd {t_torch_sub:.2f} s, "
+          f"numpy analytic {t_fast_sub:.2f} s; ratio {t_torch_sub / t_fast_sub:.1f}x; "
+          f"max |difference| of M, D, objective, error {dev:.1e}")
+    print(f"  fast path, full sweep: serial {t_serial:.1f} s ({t_serial / len(points) * 1e3:.0f} ms/point)"
+          + (f", {workers} workers {t_par:.1f} s" if workers > 1 else "") + f"; converged {conv:.0%}")
+    print(f"  torch path, full sweep serial (subset extrapolated): {est_torch:.1f} s; "
+          f"ratio {est_torch / best:.1f}x vs the best fast-path time ({best:.1f} s)")
 
 
 def main() -> None:

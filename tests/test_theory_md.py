@@ -8,7 +8,10 @@ import numpy as np
 import pytest
 
 from nclab.seeding import numpy_generator
-from nclab.theory.md_model import md_grid, md_sweep, solve_md, error_proxy
+from nclab.theory import md_model
+from nclab.theory._md_numpy import MDObjective
+from nclab.theory._solver import resolve_loss, torch_fg
+from nclab.theory.md_model import _torch_parts, md_grid, md_sweep, solve_md, error_proxy
 from nclab.theory.ufm import closed_form
 
 LW = LH = 5e-3
@@ -162,6 +165,89 @@ def test_sweep_serial_rows_in_order_with_progress():
 def test_parallel_sweep_matches_serial():
     pts = md_grid(etas=[0.1, 0.3], losses=[("ce", None)], expressivities=[0.5], starts=2)
     serial = md_sweep(pts)
-    parallel = md_sweep(pts, workers=2)
+    parallel = md_sweep(pts, workers=2, serial_seconds=0.0)  # force the pool for the second point
     for a, b in zip(serial, parallel):
         assert a["memorization"] == b["memorization"] and a["objective"] == b["objective"]
+
+
+def _objectives(loss, params, *, n_cls, dim, eta, bias):
+    choice = resolve_loss(loss, **params)
+    prob = MDObjective(num_classes=n_cls, per_class=K, dim=dim, eta=eta, expressivity=0.7, lambda_w=LW,
+                       lambda_h=LH, bias=bias, lambda_b=0.01, loss=choice)
+    tparts = _torch_parts(prob, choice)
+    return prob, torch_fg(lambda t: tparts(t)[0]), tparts
+
+
+@pytest.mark.parametrize("loss,params", [("ce", {}), ("ls", {"alpha": 0.15}), ("focal", {"gamma": 2.0}),
+                                         ("lr", {"alpha": 0.1})])
+@pytest.mark.parametrize("n_cls,dim,eta,bias", [(2, 2, 0.2, False), (2, 2, 0.0, False), (3, 5, 0.3, True),
+                                                (4, 4, 0.1, False)])
+def test_numpy_objective_and_gradient_equal_torch_autograd(loss, params, n_cls, dim, eta, bias):
+    prob, tfg, tparts = _objectives(loss, params, n_cls=n_cls, dim=dim, eta=eta, bias=bias)
+    rng = np.random.default_rng(n_cls * 100 + dim)
+    lo = prob.nw + prob.nb
+    for scale in (0.3, 1.0, 4.0):  # large scale: saturated softmax, where a naive formula loses digits
+        x = rng.normal(0.0, scale, prob.size)
+        x[lo:] = np.abs(x[lo:])
+        f_np, g_np = prob.fg(x)
+        f_t, g_t = tfg(x)
+        assert f_np == pytest.approx(f_t, rel=1e-10)
+        assert np.linalg.norm(g_np - g_t) <= 1e-10 * np.linalg.norm(g_t)
+        np.testing.assert_allclose(g_np, g_t, rtol=1e-10, atol=1e-12 * np.abs(g_t).max())
+        with md_model.torch.no_grad():
+            ref = [float(v) for v in tparts(md_model.torch.from_numpy(x))]
+        np.testing.assert_allclose(prob.parts(x), ref, rtol=1e-10, atol=1e-300)
+
+
+def test_numpy_gradient_matches_finite_differences():
+    # guards the shared forward too: central differences are independent of both backward passes
+    prob, _, _ = _objectives("ls", {"alpha": 0.2}, n_cls=3, dim=3, eta=0.25, bias=True)
+    rng = np.random.default_rng(7)
+    x = np.abs(rng.normal(0.0, 0.8, prob.size))
+    _, g = prob.fg(x)
+    eps = 1e-6
+    fd = np.array([(prob.fg(x + eps * e)[0] - prob.fg(x - eps * e)[0]) / (2 * eps) for e in np.eye(prob.size)])
+    np.testing.assert_allclose(g, fd, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("eta,alpha,lam", [(0.1, None, 0.5), (0.3, 0.1, 1.0), (0.2, 0.3, 0.5), (0.05, 0.2, 0.25)])
+def test_solve_md_numpy_and_torch_backends_agree(eta, alpha, lam):
+    loss = "ce" if alpha is None else "ls"
+    kw = dict(eta=eta, expressivity=lam, loss=loss, alpha=alpha, starts=2, seed=3)
+    fast = solve_md(**kw)  # auto: the numpy path for CE / LS
+    ref = solve_md(**kw, backend="torch")
+    assert fast.converged and ref.converged
+    for key in ("memorization", "dilation", "objective", "training_loss", "test_error", "margin"):
+        assert getattr(fast, key) == pytest.approx(getattr(ref, key), rel=1e-6, abs=1e-9), key
+    np.testing.assert_allclose(fast.start_objectives, ref.start_objectives, rtol=1e-8)
+
+
+def test_auto_backend_uses_numpy_for_ce_ls_and_torch_otherwise(monkeypatch):
+    calls = []
+    real = md_model.torch_fg
+    monkeypatch.setattr(md_model, "torch_fg", lambda obj: calls.append(1) or real(obj))
+    solve_md(eta=0.1, expressivity=0.5, loss="ls", alpha=0.1, starts=1)
+    assert calls == []
+    solve_md(eta=0.1, expressivity=0.5, loss="focal", gamma=1.0, starts=1)
+    assert calls == [1]
+    with pytest.raises(ValueError, match="backend"):
+        solve_md(eta=0.1, expressivity=0.5, backend="jax")
+
+
+def test_generic_numpy_path_solves_other_losses_like_torch():
+    kw = dict(eta=0.2, expressivity=0.5, loss="focal", gamma=2.0, starts=1, seed=4)
+    fast, ref = solve_md(**kw, backend="numpy"), solve_md(**kw, backend="torch")
+    assert fast.objective == pytest.approx(ref.objective, rel=1e-8)
+    assert fast.memorization == pytest.approx(ref.memorization, rel=1e-6)
+
+
+def test_small_parallel_sweep_stays_serial(monkeypatch):
+    def no_pool(*a, **k):
+        raise AssertionError("a process pool was spawned for a sweep that takes well under a second")
+
+    monkeypatch.setattr(md_model, "ProcessPoolExecutor", no_pool)
+    pts = md_grid(etas=[0.1, 0.2], losses=[("ce", None)], expressivities=[0.5], starts=1)
+    rows = md_sweep(pts, workers=2)
+    assert [r["eta"] for r in rows] == [0.1, 0.2]
+    with pytest.raises(ValueError, match="serial_seconds"):
+        md_sweep(pts, workers=2, serial_seconds=-1.0)

@@ -1,0 +1,186 @@
+"""Analytic float64 numpy objective and gradient of the M-D model (``nclab.theory.md_model``).
+
+The M-D problems are tiny (N = 2: ~13 parameters), so torch autograd's per-op overhead
+(~1 ms per objective + gradient) dominated the solve. This module computes exactly the same
+objective as the torch reference in ``md_model._torch_parts`` with a hand-written backward
+pass (~30 numpy calls). Parameter layout, flat ``x``::
+
+    [ W (N*d) | b (N, only with bias) | h (N*d) | f (N(N-1)*d, only for eta > 0) | s ]
+
+Forward (``P = N(N-1)`` noisy pairs ordered (c, c') with c' != c, so pair p's source class
+is ``p // (N-1)``)::
+
+    delta = f - h[src];  M = sqrt(mean_p ||delta_p||^2 + 1e-300);  r = lambda M + s
+    clean logits of class c, point j:  z_c + r S_j,  z_c = W h_c + b,  S = [W^T; -W^T]  (2d x N)
+    obj = (1-eta) clean + eta noisy + (lambda_W/2)||W||^2
+          + (lambda_H/2) N K [(1-eta)(mean_c ||h_c||^2 + r^2) + eta mean_p ||f_p||^2]
+          + (lambda_b/2)||b||^2
+
+Backward: with G = d(obj)/d(logits), ``dz_c = sum_j G_cj``, ``dr = sum G * S``,
+``dS = r sum_c G_c``, ``dW = dz^T h + dS[:d]^T - dS[d:]^T + G_noisy^T f + lambda_W W``,
+``dh = dz W + ...``, and ``dM/d delta_p = delta_p / (P M)``.
+
+Loss gradients w.r.t. logits: analytic for CE and LS(alpha) (``logsumexp(z) - t.z`` with
+target ``t = (1-alpha) e_y + alpha/C``, gradient ``softmax(z) - t``); any other loss of
+``nclab.losses`` goes through torch autograd on the logits only (the generic path).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from nclab.theory._solver import LossChoice
+
+# Losses whose value and logit-gradient are written out here (LS(0) is CE).
+ANALYTIC_LOSSES = ("ce", "ls")
+
+
+class _SoftTargetLoss:
+    """Mean soft-target cross-entropy ``mean_i [logsumexp(z_i) - t_i . z_i]`` and its gradient."""
+
+    def __init__(self, labels: np.ndarray, num_classes: int, alpha: float):
+        t = np.full((labels.size, num_classes), alpha / num_classes)
+        t[np.arange(labels.size), labels] += 1.0 - alpha
+        self.targets = t
+
+    def __call__(self, logits: np.ndarray) -> tuple[float, np.ndarray]:
+        n = logits.shape[0]
+        zmax = logits.max(axis=1, keepdims=True)
+        e = np.exp(logits - zmax)
+        se = e.sum(axis=1, keepdims=True)
+        lse = np.log(se) + zmax
+        val = float((lse.sum() - np.vdot(self.targets, logits)) / n)
+        return val, (e / se - self.targets) / n
+
+
+class _TorchLoss:
+    """Generic path: value and logit-gradient of any ``nclab.losses`` module via torch autograd."""
+
+    def __init__(self, labels: np.ndarray, fn):
+        self.labels = torch.from_numpy(labels.astype(np.int64))
+        self.fn = fn
+
+    def __call__(self, logits: np.ndarray) -> tuple[float, np.ndarray]:
+        t = torch.from_numpy(np.ascontiguousarray(logits)).requires_grad_(True)
+        v = self.fn(t, self.labels)
+        (g,) = torch.autograd.grad(v, t)
+        return float(v.detach()), g.numpy().astype(np.float64, copy=True)
+
+
+class MDObjective:
+    """The M-D objective (module docstring) as ``fg(x) -> (f, grad)`` and ``parts(x)``, in numpy.
+
+    ``loss``: a resolved :class:`LossChoice`; CE/LS use the analytic path, others the torch one.
+    """
+
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        per_class: int,
+        dim: int,
+        eta: float,
+        expressivity: float,
+        lambda_w: float,
+        lambda_h: float,
+        bias: bool,
+        lambda_b: float,
+        loss: LossChoice,
+    ):
+        n, d = int(num_classes), int(dim)
+        self.n, self.d, self.k = n, d, int(per_class)
+        self.eta, self.lam = float(eta), float(expressivity)
+        self.lambda_w, self.lambda_h, self.lambda_b = float(lambda_w), float(lambda_h), float(lambda_b)
+        self.bias, self.noisy = bool(bias), eta > 0
+        self.p = n * (n - 1)
+        self.src = np.repeat(np.arange(n), n - 1)
+        noisy_labels = np.array([cp for c in range(n) for cp in range(n) if cp != c])
+        clean_labels = np.repeat(np.arange(n), 2 * d)
+        self.nw, self.nb, self.nc = n * d, (n if bias else 0), n * d
+        self.nf = self.p * d if self.noisy else 0
+        self.size = self.nw + self.nb + self.nc + self.nf + 1
+        self.analytic = loss.key in ANALYTIC_LOSSES
+        if self.analytic:
+            self.clean_loss = _SoftTargetLoss(clean_labels, n, loss.alpha)
+            self.noisy_loss = _SoftTargetLoss(noisy_labels, n, loss.alpha)
+        else:
+            self.clean_loss = _TorchLoss(clean_labels, loss.fn)
+            self.noisy_loss = _TorchLoss(noisy_labels, loss.fn)
+
+    def split(self, x: np.ndarray):
+        """Views ``(W, b or None, h, f or None, s)`` of the flat vector ``x``."""
+        n, d = self.n, self.d
+        o1, o2, o3 = self.nw, self.nw + self.nb, self.nw + self.nb + self.nc
+        w = x[:o1].reshape(n, d)
+        b = x[o1:o2] if self.bias else None
+        h = x[o2:o3].reshape(n, d)
+        f = x[o3 : o3 + self.nf].reshape(self.p, d) if self.noisy else None
+        return w, b, h, f, x[-1]
+
+    def _forward(self, x: np.ndarray):
+        w, b, h, f, s = self.split(x)
+        n, d = self.n, self.d
+        if self.noisy:
+            delta = f - h[self.src]
+            mem = math.sqrt(float(np.vdot(delta, delta)) / self.p + 1e-300)
+        else:
+            delta, mem = None, 0.0
+        r = self.lam * mem + s
+        z = h @ w.T
+        if b is not None:
+            z = z + b
+        sdir = np.concatenate([w.T, -w.T])  # (2d, N): logit change along +/- e_j
+        logits = (z[:, None, :] + r * sdir[None, :, :]).reshape(n * 2 * d, n)
+        clean, g_clean = self.clean_loss(logits)
+        feat = float(np.vdot(h, h)) / n + r * r
+        if self.noisy:
+            nlog = f @ w.T
+            if b is not None:
+                nlog = nlog + b
+            nloss, g_noisy = self.noisy_loss(nlog)
+            data = (1 - self.eta) * clean + self.eta * nloss
+            feat = (1 - self.eta) * feat + self.eta * float(np.vdot(f, f)) / self.p
+        else:
+            nloss, g_noisy = 0.0, None
+            data = clean
+        obj = data + 0.5 * self.lambda_w * float(np.vdot(w, w)) + 0.5 * self.lambda_h * n * self.k * feat
+        if b is not None:
+            obj += 0.5 * self.lambda_b * float(np.vdot(b, b))
+        cache = (w, b, h, f, delta, mem, r, sdir, g_clean, g_noisy)
+        return (obj, data, clean, nloss, mem, r), cache
+
+    def parts(self, x: np.ndarray) -> tuple[float, float, float, float, float, float]:
+        """``(objective, training loss, clean loss, noisy loss, M, r)`` at ``x``."""
+        return self._forward(np.asarray(x, dtype=np.float64))[0]
+
+    def fg(self, x: np.ndarray) -> tuple[float, np.ndarray]:
+        """Objective and its exact gradient (float64) for scipy's L-BFGS-B."""
+        x = np.asarray(x, dtype=np.float64)
+        (obj, *_), (w, b, h, f, delta, mem, r, sdir, g_clean, g_noisy) = self._forward(x)
+        n, d = self.n, self.d
+        grad = np.empty_like(x)
+        gw, gb, gh, gf, _ = self.split(grad)  # writable views into grad
+        cw = (1 - self.eta) if self.noisy else 1.0
+        reg_h = self.lambda_h * n * self.k  # d/dv of (lambda_H/2) N K v^2 is reg_h v
+        gc = g_clean.reshape(n, 2 * d, n)
+        gz = cw * gc.sum(axis=1)  # (N, N): d obj / d z_c
+        gs_dir = cw * gc.sum(axis=0)  # (2d, N): d obj / d (r S) summed over classes
+        dr = float(np.vdot(gs_dir, sdir)) + reg_h * cw * r
+        ds = r * gs_dir
+        gw[...] = gz.T @ h + (ds[:d] - ds[d:]).T + self.lambda_w * w
+        gh[...] = gz @ w + (reg_h * cw / n) * h
+        if b is not None:
+            gb[...] = gz.sum(axis=0) + self.lambda_b * b
+        if self.noisy:
+            gn = self.eta * g_noisy  # (P, N)
+            gw += gn.T @ f
+            if b is not None:
+                gb += gn.sum(axis=0)
+            gdelta = (self.lam * dr / (self.p * mem)) * delta
+            gf[...] = gn @ w + (reg_h * self.eta / self.p) * f + gdelta
+            gh -= gdelta.reshape(n, n - 1, d).sum(axis=1)
+        grad[-1] = dr
+        return float(obj), grad
