@@ -297,3 +297,20 @@ def test_cuda_run(tmp_path):
     r = train(cfg("device=auto", "epochs=2"), run_dir=tmp_path / "gpu", progress=False)
     assert json.loads((r.run_dir / "env.json").read_text())["device"].startswith("cuda")
     assert r.final["test_acc"] > 0.8 and math.isfinite(r.final["train.nc1"])
+
+
+def test_features_file_matches_final_record_and_test_dilation(reference_run):
+    """features.npz holds the final train features; the metrics engine on it reproduces the
+    trainer's own final train.* record, and test dilation is measured (test labels are clean)."""
+    from nclab.metrics import nc_metrics
+    from nclab.store.files import load_feature_file
+
+    run_dir = reference_run.run_dir
+    final = read_jsonl(Path(run_dir) / "metrics.jsonl")[-1]
+    f = load_feature_file(Path(run_dir) / "features.npz")
+    assert f["features"].shape[0] == final["train.n_samples"]
+    r = nc_metrics(f["features"], f["labels"], weight=f["W"], bias=f["b"], clean_labels=f["clean_labels"])
+    for key in ("nc1", "memorization", "dilation", "nc2_orthogonal_error_means", "realized_noise_rate"):
+        assert r[key] == pytest.approx(final[f"train.{key}"], rel=1e-5), key
+    assert final["test.dilation"] is not None and math.isfinite(final["test.dilation"])
+    assert final["test.realized_noise_rate"] == 0.0 and final["test.memorization"] is None

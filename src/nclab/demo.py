@@ -8,12 +8,12 @@ and NC-metric-vs-epoch curves.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import torch
 
 DEMO_DATASETS: dict[str, dict[str, Any]] = {
     # scikit-learn's bundled 8x8 digits, 0 vs 1: real, offline, ~360 images
@@ -86,26 +86,13 @@ def demo_config(dataset: str, *, loss: str, alpha: float, noise_rate: float, see
 
 
 def final_features(run_dir: Path) -> dict[str, np.ndarray]:
-    """Rebuild a finished run's model and data; return its training features and labels."""
-    from nclab.models import build_model
-    from nclab.train import TrainConfig, load_checkpoint, prepare_data
-    from nclab.train.evaluate import collect_outputs
+    """A finished run's final training features (``features.npz``) and class names."""
+    from nclab.store.files import load_feature_file
 
-    config = TrainConfig.from_sources(run_dir / "config.yaml")
-    device = torch.device("cpu")
-    data = prepare_data(config, device)
-    model = build_model(config.model.name, input_shape=data.input_shape, num_classes=data.num_classes,
-                        **config.model.options())
-    model.load_state_dict(load_checkpoint(run_dir / "checkpoints" / "last.pt")["model"])
-    logits, feats = collect_outputs(model, data.x_train, batch_size=1024)
-    return {
-        "features": feats.numpy(),
-        "labels": data.y_train.numpy(),
-        "clean_labels": data.clean_train.numpy(),
-        "W": model.classifier.weight.detach().numpy(),
-        "b": model.classifier.bias.detach().numpy(),
-        "class_names": np.array(data.info.get("class_names", [])),
-    }
+    f = load_feature_file(run_dir / "features.npz")
+    env = json.loads((run_dir / "env.json").read_text())
+    f["class_names"] = np.array(env.get("data", {}).get("class_names", []))
+    return f
 
 
 def run_demo(

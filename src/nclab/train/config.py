@@ -269,6 +269,7 @@ class TrainConfig(StrictModel):
     checkpoint_every: int = 1
     device: Literal["auto", "cpu", "cuda"] = "auto"
     convention: str = "zhu2021"
+    save_features: bool = True  # final train features/labels/classifier -> features.npz (nclab metrics reads it)
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
     noise: NoiseConfig = Field(default_factory=NoiseConfig)
     loss: LossConfig = Field(default_factory=LossConfig)

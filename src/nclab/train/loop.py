@@ -28,7 +28,7 @@ from nclab.store.files import append_jsonl, atomic_write_json, read_jsonl, trunc
 from nclab.train import rundir
 from nclab.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, sidecar_path
 from nclab.train.config import OptimConfig, TrainConfig
-from nclab.train.evaluate import evaluate_split
+from nclab.train.evaluate import collect_outputs, evaluate_split
 from nclab.train.schedule import lr_at
 
 TIMING_KEYS: tuple[str, ...] = ("elapsed_s", "epoch_time_s", "eval_time_s")
@@ -200,13 +200,35 @@ def _check_noise_file(path: Path, arrays: dict[str, np.ndarray]) -> None:
             )
 
 
+def save_features(path: Path, model: nn.Module, data: RunData, *, batch_size: int) -> None:
+    """The final training features in ``nclab metrics``' file format (one eval-mode pass).
+
+    ``labels`` are the noisy training labels, ``clean_labels`` the true ones in the
+    same label space (latent classes: see ``_metric_clean``), ``W``/``b`` the classifier.
+    """
+    logits, feats = collect_outputs(model, data.x_train, batch_size=batch_size)
+    clf = model.classifier
+    arrays = {
+        "features": feats.float().cpu().numpy(),
+        "labels": data.y_train.cpu().numpy(),
+        "clean_labels": data.metric_clean_train.cpu().numpy(),
+        "logits": logits.float().cpu().numpy(),
+        "W": clf.weight.detach().float().cpu().numpy(),
+    }
+    if clf.bias is not None:
+        arrays["b"] = clf.bias.detach().float().cpu().numpy()
+    rundir.save_npz(path, arrays)
+
+
 def _evaluate(model: nn.Module, data: RunData, loss_fn: nn.Module, config: TrainConfig) -> dict[str, Any]:
     kw = dict(loss_fn=loss_fn, num_classes=data.num_classes, label_to_class=data.label_to_class,
               convention=config.convention, batch_size=config.eval_batch_size)
     tr = evaluate_split(model, data.x_train, data.y_train, clean_labels=data.clean_train,
                         metric_clean_labels=data.metric_clean_train, **kw)
     latent = data.num_classes != int(data.label_to_class.max()) + 1
-    te = evaluate_split(model, data.x_test, data.y_test, clean_labels=data.y_test, fold=latent, **kw)
+    # test labels are clean: passing them as clean labels gives the test-set dilation
+    te = evaluate_split(model, data.x_test, data.y_test, clean_labels=data.y_test,
+                        metric_clean_labels=data.y_test, fold=latent, **kw)
     rec: dict[str, Any] = {
         "train_loss": tr["loss"],
         "train_acc_noisy": tr["acc"],
@@ -358,6 +380,8 @@ def train(
             bar.update(epoch, record, run_loss)
     finally:
         bar.close()
+    if status == "completed" and config.save_features and epoch_done == config.epochs:
+        save_features(run_dir / rundir.FEATURES, model, data, batch_size=config.eval_batch_size)
     if status == "completed" and epoch_done < config.epochs:
         status = "stopped"
         message = f"stopped after epoch {epoch_done} of {config.epochs} (max_epochs); resume to continue"

@@ -34,11 +34,12 @@ CONFIG = "config.yaml"
 ENV = "env.json"
 METRICS = "metrics.jsonl"
 NOISE = "noise.npz"
+FEATURES = "features.npz"
 STATUS = "status.json"
 CHECKPOINT = Path("checkpoints") / "last.pt"
 
 # Files this module writes; ``overwrite`` removes exactly these, never anything else.
-_OWNED = (CONFIG, ENV, METRICS, NOISE, STATUS, str(CHECKPOINT), str(CHECKPOINT) + ".json")
+_OWNED = (CONFIG, ENV, METRICS, NOISE, FEATURES, STATUS, str(CHECKPOINT), str(CHECKPOINT) + ".json")
 
 
 class RunDirError(ConfigError):
