@@ -96,21 +96,27 @@ def bench_sweep(workers: int, quick: bool) -> None:
     t0 = time.perf_counter()
     rows_serial = md_sweep(points)
     t_serial = time.perf_counter() - t0
-    t_par = float("nan")
+    t_par = t_pool = float("nan")
     if workers > 1:
         t0 = time.perf_counter()
-        rows = md_sweep(points, workers=workers)  # spawns a pool only if serial is projected > 8 s
+        rows = md_sweep(points, workers=workers)  # spawns a pool only if serial is projected > 20 s
         t_par = time.perf_counter() - t0
-        assert all(a["objective"] == b["objective"] for a, b in zip(rows, rows_serial))
+        t0 = time.perf_counter()
+        rows_pool = md_sweep(points, workers=workers, serial_seconds=0.0)  # always the pool
+        t_pool = time.perf_counter() - t0
+        assert all(a["objective"] == b["objective"] == c["objective"]
+                   for a, b, c in zip(rows, rows_pool, rows_serial))
     conv = np.mean([r["converged"] for r in rows_serial])
     est_torch = t_torch_sub / len(subset) * len(points)
-    best = min(t_serial, t_par) if workers > 1 else t_serial
+    best = min(t_serial, t_par, t_pool) if workers > 1 else t_serial
     print(f"M-D sweep: {len(etas)} eta x {len(losses)} losses = {len(points)} points, 2 starts each")
     print(f"  subset of {len(subset)} points, serial: torch autograd {t_torch_sub:.2f} s, "
           f"numpy analytic {t_fast_sub:.2f} s; ratio {t_torch_sub / t_fast_sub:.1f}x; "
           f"max |difference| of M, D, objective, error {dev:.1e}")
     print(f"  fast path, full sweep: serial {t_serial:.1f} s ({t_serial / len(points) * 1e3:.0f} ms/point)"
-          + (f", {workers} workers {t_par:.1f} s" if workers > 1 else "") + f"; converged {conv:.0%}")
+          + (f", --workers {workers} {t_par:.1f} s (pool only if serial is projected > 20 s), "
+             f"forced {workers}-process pool {t_pool:.1f} s" if workers > 1 else "")
+          + f"; converged {conv:.0%}")
     print(f"  torch path, full sweep serial (subset extrapolated): {est_torch:.1f} s; "
           f"ratio {est_torch / best:.1f}x vs the best fast-path time ({best:.1f} s)")
 

@@ -16,8 +16,9 @@ is ``p // (N-1)``)::
           + (lambda_H/2) N K [(1-eta)(mean_c ||h_c||^2 + r^2) + eta mean_p ||f_p||^2]
           + (lambda_b/2)||b||^2
 
-Backward: with G = d(obj)/d(logits), ``dz_c = sum_j G_cj``, ``dr = sum G * S``,
-``dS = r sum_c G_c``, ``dW = dz^T h + dS[:d]^T - dS[d:]^T + G_noisy^T f + lambda_W W``,
+Backward: with G = d(obj)/d(logits), ``dz_c = sum_j G_cj``, ``E = sum_c (G_c[:d] - G_c[d:])``
+(the +e_j minus the -e_j points), ``dr = sum E * W^T``,
+``dW = dz^T h + r E^T + G_noisy^T f + lambda_W W``,
 ``dh = dz W + ...``, and ``dM/d delta_p = delta_p / (P M)``.
 
 Loss gradients w.r.t. logits: analytic for CE and LS(alpha) (``logsumexp(z) - t.z`` with
@@ -47,13 +48,21 @@ class _SoftTargetLoss:
         self.targets = t
 
     def __call__(self, logits: np.ndarray) -> tuple[float, np.ndarray]:
+        # Per row, with m = argmax z and rest = sum_{k != m} exp(z_k - z_m) (using sum_k t_k = 1):
+        #   loss = log1p(rest) - t . (z - z_m).
+        # log1p and the exact 0 at m keep full relative precision when the loss is small;
+        # log(sum exp) would lose ~log10(1/rest) digits, and near a minimum the solver's
+        # line search needs every digit of f to reach ||pg|| <= 1e-8.
         n = logits.shape[0]
-        zmax = logits.max(axis=1, keepdims=True)
-        e = np.exp(logits - zmax)
-        se = e.sum(axis=1, keepdims=True)
-        lse = np.log(se) + zmax
-        val = float((lse.sum() - np.vdot(self.targets, logits)) / n)
-        return val, (e / se - self.targets) / n
+        rows = np.arange(n)
+        top = logits.argmax(axis=1)
+        shifted = logits - logits[rows, top][:, None]
+        e = np.exp(shifted)
+        e[rows, top] = 0.0
+        rest = e.sum(axis=1)
+        val = float((np.log1p(rest).sum() - np.vdot(self.targets, shifted)) / n)
+        e[rows, top] = 1.0
+        return val, (e / (1.0 + rest)[:, None] - self.targets) / n
 
 
 class _TorchLoss:
@@ -168,9 +177,11 @@ class MDObjective:
         gc = g_clean.reshape(n, 2 * d, n)
         gz = cw * gc.sum(axis=1)  # (N, N): d obj / d z_c
         gs_dir = cw * gc.sum(axis=0)  # (2d, N): d obj / d (r S) summed over classes
-        dr = float(np.vdot(gs_dir, sdir)) + reg_h * cw * r
-        ds = r * gs_dir
-        gw[...] = gz.T @ h + (ds[:d] - ds[d:]).T + self.lambda_w * w
+        # +e_j and -e_j pair up (S = [W^T; -W^T]); differencing first makes the symmetric
+        # cancellation exact, so at r = 0 the slack's gradient is exactly 0 as in the torch path
+        gdiff = gs_dir[:d] - gs_dir[d:]  # (d, N)
+        dr = float(np.vdot(gdiff, w.T)) + reg_h * cw * r
+        gw[...] = gz.T @ h + r * gdiff.T + self.lambda_w * w
         gh[...] = gz @ w + (reg_h * cw / n) * h
         if b is not None:
             gb[...] = gz.sum(axis=0) + self.lambda_b * b

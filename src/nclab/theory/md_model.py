@@ -399,13 +399,13 @@ def md_sweep(
     *,
     workers: int = 1,
     progress: Callable[[int, int], None] | None = None,
-    serial_seconds: float = 8.0,
+    serial_seconds: float = 20.0,
 ) -> list[dict[str, Any]]:
     """Solve every point (keyword sets of :func:`solve_md`) and return their ``to_dict()`` rows, in order.
 
     ``workers > 1`` solves in a process pool (spawned processes; results do not depend on the
-    number of workers since every point draws its own seeded streams). Spawning costs seconds
-    (each worker imports torch), so points are first solved in this process while the projected
+    number of workers since every point draws its own seeded streams). Spawning costs 3-10 s
+    on 2 cores (each worker imports torch; measured), so points are first solved in this process while the projected
     serial time of the points left (mean time so far x count left) stays <= ``serial_seconds``;
     only the rest, if any, goes to the pool (``serial_seconds=0``: the pool gets all but the
     first point). ``progress(done, total)`` is called after each point.
