@@ -231,3 +231,11 @@ def test_analyze_cli_state_dict_with_model_class(tmp_path):
     r = CliRunner().invoke(_app(), ["analyze", str(tmp_path / "w.pt"), "--model-class", "nclab.models.mlp:Nope",
                                     "--dataset", "digits"])
     assert r.exit_code == 2 and "cannot import" in r.output
+
+
+def test_package_is_callable_as_nclab_collect():
+    import nclab.collect as pkg
+
+    net = _frame_net()
+    x, y = _frame_data()
+    assert pkg(net, (x, y))["nc1"] == collect(net, (x, y))["nc1"]

@@ -29,3 +29,19 @@ __all__ = [
     "load_run",
     "load_user_model",
 ]
+
+
+# ``nclab.collect(model, data, ...)`` must work whether ``nclab.collect`` resolves to this
+# package or to the function: Python binds a subpackage as an attribute of its parent on
+# import, which would shadow a function of the same name. So the package itself is callable.
+import sys as _sys
+import types as _types
+
+
+class _CallableModule(_types.ModuleType):
+    def __call__(self, *args, **kwargs):
+        """Same as :func:`nclab.collect.collect`."""
+        return collect(*args, **kwargs)
+
+
+_sys.modules[__name__].__class__ = _CallableModule
