@@ -10,7 +10,7 @@ import pytest
 from nclab.seeding import numpy_generator
 from nclab.theory import md_model
 from nclab.theory._md_numpy import MDObjective
-from nclab.theory._solver import resolve_loss, torch_fg
+from nclab.theory._solver import resolve_loss, single_torch_thread, torch_fg
 from nclab.theory.md_model import _torch_parts, md_grid, md_sweep, solve_md, error_proxy
 from nclab.theory.ufm import closed_form
 
@@ -186,17 +186,19 @@ def test_numpy_objective_and_gradient_equal_torch_autograd(loss, params, n_cls, 
     prob, tfg, tparts = _objectives(loss, params, n_cls=n_cls, dim=dim, eta=eta, bias=bias)
     rng = np.random.default_rng(n_cls * 100 + dim)
     lo = prob.nw + prob.nb
-    for scale in (0.3, 1.0, 4.0):  # large scale: saturated softmax (the log1p branch matters)
-        x = rng.normal(0.0, scale, prob.size)
-        x[lo:] = np.abs(x[lo:])
-        f_np, g_np = prob.fg(x)
-        f_t, g_t = tfg(x)
-        assert f_np == pytest.approx(f_t, rel=1e-10)
-        assert np.linalg.norm(g_np - g_t) <= 1e-10 * np.linalg.norm(g_t)
-        np.testing.assert_allclose(g_np, g_t, rtol=1e-10, atol=1e-12 * np.abs(g_t).max())
-        with md_model.torch.no_grad():
-            ref = [float(v) for v in tparts(md_model.torch.from_numpy(x))]
-        np.testing.assert_allclose(prob.parts(x), ref, rtol=1e-10, atol=1e-300)
+    # single torch thread: its pool costs ~0.1 s per tiny op on a loaded machine
+    with single_torch_thread():
+        for scale in (0.3, 1.0, 4.0):  # large scale: saturated softmax (the log1p branch matters)
+            x = rng.normal(0.0, scale, prob.size)
+            x[lo:] = np.abs(x[lo:])
+            f_np, g_np = prob.fg(x)
+            f_t, g_t = tfg(x)
+            assert f_np == pytest.approx(f_t, rel=1e-10)
+            assert np.linalg.norm(g_np - g_t) <= 1e-10 * np.linalg.norm(g_t)
+            np.testing.assert_allclose(g_np, g_t, rtol=1e-10, atol=1e-12 * np.abs(g_t).max())
+            with md_model.torch.no_grad():
+                ref = [float(v) for v in tparts(md_model.torch.from_numpy(x))]
+            np.testing.assert_allclose(prob.parts(x), ref, rtol=1e-10, atol=1e-300)
 
 
 def test_numpy_gradient_matches_finite_differences():
