@@ -125,6 +125,28 @@ def _html_table(head, rows) -> str:
     return f"<table><thead><tr>{h}</tr></thead><tbody>{b}</tbody></table>"
 
 
+def _feature_panels(store: RunStore, records, ds: str, figdir: Path, *, prefer_rate: float = 0.2) -> list:
+    """One feature scatter per loss for one noise rate and seed (runs that saved ``features.npz``)."""
+    from nclab.report.features import feature_scatter
+    from nclab.store.files import load_feature_file
+
+    main = [r for r in records if r["dataset"] == ds and r["variant"] == "main"
+            and (store.run_dir(r["hash"]) / "features.npz").exists()]
+    if not main:
+        return []
+    rates = sorted({r["rate"] for r in main})
+    rate = min(rates, key=lambda x: abs(x - prefer_rate))
+    seed = min(r["seed"] for r in main if r["rate"] == rate)
+    out = []
+    for r in sorted((r for r in main if r["rate"] == rate and r["seed"] == seed), key=lambda r: r["loss"]):
+        f = load_feature_file(store.run_dir(r["hash"]) / "features.npz")
+        path = figdir / f"{ds}_features_{r['loss']}.png"
+        feature_scatter(path, f["features"], f["labels"], f["clean_labels"], weight=f.get("W"), bias=f.get("b"),
+                        title=f"{ds}, {r['loss']}, noise {rate:g}: test acc {r.get('test_acc') or float('nan'):.3f}")
+        out.append((path, r["loss"], rate, seed))
+    return out
+
+
 def build_report(store_dir: str | Path, *, out_dir: str | Path | None = None, sweep: str | None = None) -> Report:
     """Build the report from the completed runs of the store at ``store_dir`` (no training)."""
     store = RunStore(store_dir, create=False)
@@ -180,6 +202,16 @@ def build_report(store_dir: str | Path, *, out_dir: str | Path | None = None, sw
             b64 = base64.b64encode(p.read_bytes()).decode("ascii")
             hb.append(f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{b64}'/>"
                       f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+        panels = _feature_panels(store, records, ds, figdir)
+        if panels:
+            rate = panels[0][2]
+            cap = f"Final training features at noise {rate:g} (seed {panels[0][3]}): crosses are mislabeled samples in their true class's colour, stars the clean centroids, circles the dilation"
+            md += [" ".join(f"![{loss}](figures/{p.name})" for p, loss, _, _ in panels), f"*{cap}.*", ""]
+            hb.append("<figure>" + "".join(
+                f"<img style='width:49%' alt='{html.escape(loss)}' src='data:image/png;base64,"
+                f"{base64.b64encode(p.read_bytes()).decode('ascii')}'/>" for p, loss, _, _ in panels)
+                + f"<figcaption>{html.escape(cap)}</figcaption></figure>")
+            figures += [p for p, _, _, _ in panels]
         for variant in ("main", "latent"):
             head, rows = _table(records, ds, variant, tab_metrics)
             if not rows:
