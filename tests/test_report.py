@@ -92,3 +92,23 @@ def test_report_on_empty_store_is_a_clear_error(tmp_path):
     RunStore(tmp_path)
     with pytest.raises(ValueError, match="no completed runs"):
         build_report(tmp_path)
+
+
+def test_report_adds_feature_panels_from_saved_features(tmp_path):
+    from nclab.report import build_report
+
+    st = _fabricate(tmp_path / "s")
+    rng = np.random.default_rng(1)
+    for loss in ("ce", "ls"):  # digits, rate 0.2, seed 0: give both runs saved features
+        yc = np.repeat([0, 1], 50)
+        y = yc.copy()
+        y[:5] = 1
+        x = np.abs(np.eye(2)[yc] * 3 + rng.normal(size=(100, 2)) * 0.3)
+        d = st.run_dir(f"digits-{loss}-0.2-0-0.0")
+        d.mkdir(parents=True, exist_ok=True)
+        np.savez(d / "features.npz", features=x, labels=y, clean_labels=yc, W=np.eye(2), b=np.zeros(2))
+    rep = build_report(tmp_path / "s")
+    panels = [f for f in rep.figures if "_features_" in f.name]
+    assert sorted(p.name for p in panels) == ["digits_features_ce.png", "digits_features_ls.png"]
+    assert all(p.read_bytes().startswith(PNG) for p in panels)
+    assert "digits_features_ce.png" in rep.markdown.read_text()
