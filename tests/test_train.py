@@ -314,3 +314,21 @@ def test_features_file_matches_final_record_and_test_dilation(reference_run):
         assert r[key] == pytest.approx(final[f"train.{key}"], rel=1e-5), key
     assert final["test.dilation"] is not None and math.isfinite(final["test.dilation"])
     assert final["test.realized_noise_rate"] == 0.0 and final["test.memorization"] is None
+
+
+def test_record_dynamics_through_the_trainer_and_resume(tmp_path):
+    """record_dynamics writes one margin vector per evaluation; an interrupted and resumed
+    run ends with the same margins as an uninterrupted one; nclab detect can score it."""
+    from nclab.detect import score_run
+    from nclab.train.dynamics import load_dynamics
+
+    full = train(cfg("record_dynamics=true"), run_dir=tmp_path / "full", progress=False)
+    part = cfg("record_dynamics=true")
+    train(part, run_dir=tmp_path / "part", progress=False, max_epochs=2)
+    train(part, run_dir=tmp_path / "part", progress=False, resume=True)
+    a, b = load_dynamics(full.run_dir), load_dynamics(tmp_path / "part")
+    assert list(a.epochs) == [1, 2, 3] and list(b.epochs) == [1, 2, 3]
+    assert np.array_equal(a.margins, b.margins)
+    assert a.margins.shape[1] == full.final["train.n_samples"]
+    sus = score_run(full.run_dir, score="combined")
+    assert sus.quality()["auroc"] > 0.5

@@ -20,7 +20,7 @@ def _root() -> None:
 
 
 # Each command group lives in its own module with ``register(app)``.
-_GROUPS: tuple[str, ...] = ("metrics", "train", "demo", "sweep", "theory")
+_GROUPS: tuple[str, ...] = ("metrics", "train", "demo", "sweep", "theory", "analyze", "detect")
 
 
 def _register_all() -> None:

@@ -116,7 +116,7 @@ class NCAccumulator:
         self._device: torch.device | None = None
         self._weight: torch.Tensor | None = None
         self._bias: torch.Tensor | None = None
-        self._moments = ClassMoments(C, full_scatter=self.within == "full")
+        self._moments = ClassMoments(C, full_scatter=self.within == "full", track_m2=self.within == "full")
         self._logit_moments = ClassMoments(C, full_scatter=True)
         self._calib = CalibrationState(bins=self.ece_bins)
         self._has_clean: bool | None = None
@@ -347,12 +347,20 @@ class NCAccumulator:
         else:
             v["nc1"] = v["nc1_pinv"] = None
         v["nc1_rank"] = spectrum.rank
-        tr_w = float(m.m2.sum()) / n
+        if self.within == "full":
+            m2 = m.m2
+        elif self.phase == 2:
+            m2 = self._proj.m2
+        else:
+            m2 = None
+        tr_w = float(m2.sum()) / n if m2 is not None else None
         tr_b = float((centred * centred).sum()) / C
-        v["nc1_trace_ratio"] = tr_w / tr_b if tr_b > 0 else float("inf")
+        if tr_w is None:
+            v["nc1_trace_ratio"] = None
+        else:
+            v["nc1_trace_ratio"] = tr_w / tr_b if tr_b > 0 else float("inf")
         v["nc1_logits"] = self._nc1_logits(conv) if self._has_logits else None
-        var = m.m2 / (m.count - conv.std_ddof).clamp_min(1.0)
-        v["cdnv"] = cdnv(means, var)
+        v["cdnv"] = None if m2 is None else cdnv(means, m2 / (m.count - conv.std_ddof).clamp_min(1.0))
 
         # NC2 / NC3 / NC4 geometry
         ddof = conv.std_ddof
@@ -401,7 +409,7 @@ class NCAccumulator:
             for k in PASS2_KEYS:
                 v[k] = None
             v["clean_centroid_distance"] = None
-            missing = list(PASS2_KEYS) + (["nc1", "nc1_pinv"] if P is None else [])
+            missing = list(PASS2_KEYS) + (["nc1", "nc1_pinv", "nc1_trace_ratio", "cdnv"] if P is None else [])
         per_sample = None
         if self.per_sample and self.phase == 2:
             per_sample = {k: torch.cat(vs).numpy() for k, vs in self._samples.items()}

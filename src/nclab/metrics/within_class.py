@@ -31,9 +31,12 @@ EPS64 = float(torch.finfo(torch.float64).eps)
 class ClassMoments:
     """Streamed per-class count / sum / M2 (and optionally the pooled d×d scatter)."""
 
-    def __init__(self, num_classes: int, *, full_scatter: bool) -> None:
+    def __init__(self, num_classes: int, *, full_scatter: bool, track_m2: bool = True) -> None:
         self.num_classes = num_classes
         self.full_scatter = full_scatter
+        # Without the scatter, M2 can come exactly from a second pass (ProjectedScatter):
+        # then pass 1 is only counts and sums.
+        self.track_m2 = track_m2 or full_scatter
         self.count: torch.Tensor | None = None
         self.sum: torch.Tensor | None = None
         self.m2: torch.Tensor | None = None
@@ -63,6 +66,10 @@ class ClassMoments:
         C = self.num_classes
         m = torch.bincount(y, minlength=C).to(torch.float64)
         bsum = torch.zeros(C, x.shape[1], dtype=torch.float64, device=x.device).index_add_(0, y, x)
+        if not self.track_m2:
+            self.count += m
+            self.sum += bsum
+            return
         bmean = bsum / m.clamp_min(1.0)[:, None]
         xc = x - bmean[y]
         bm2 = torch.zeros(C, dtype=torch.float64, device=x.device).index_add_(0, y, (xc * xc).sum(dim=1))
@@ -89,8 +96,12 @@ class ClassMoments:
             self._init(other.dim, other.sum.device)
         if other.dim != self.dim:
             raise ValueError(f"cannot merge states of dimension {self.dim} and {other.dim}")
-        if self.full_scatter != other.full_scatter:
+        if self.full_scatter != other.full_scatter or self.track_m2 != other.track_m2:
             raise ValueError("cannot merge a full-scatter state with a projected one")
+        if not self.track_m2:
+            self.count += other.count
+            self.sum += other.sum
+            return
         self._combine(other.count.clone(), other.sum.clone(), other.m2.clone(), other.scatter)
 
     def means(self) -> torch.Tensor:
@@ -98,21 +109,27 @@ class ClassMoments:
 
 
 class ProjectedScatter:
-    """Second-pass accumulator of ``Qᵀ S_W Q`` given final class means and basis Q (d×k)."""
+    """Second-pass accumulator of ``Qᵀ S_W Q`` and of the per-class M2, given the final
+    class means and the basis Q (d×k). Deviations ``h_i − μ_{y_i}`` are formed directly
+    in float64 (no ``E[hhᵀ] − μμᵀ`` cancellation)."""
 
     def __init__(self, means: torch.Tensor, basis: torch.Tensor) -> None:
         self.means = means
         self.basis = basis
         self.gram = torch.zeros(basis.shape[1], basis.shape[1], dtype=torch.float64, device=basis.device)
+        self.m2 = torch.zeros(means.shape[0], dtype=torch.float64, device=basis.device)
         self.n = 0
 
     def update(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        z = (x - self.means[y]) @ self.basis
+        r = x - self.means[y]
+        z = r @ self.basis
         self.gram += z.T @ z
+        self.m2.index_add_(0, y, (r * r).sum(dim=1))
         self.n += x.shape[0]
 
     def merge(self, other: "ProjectedScatter") -> None:
         self.gram += other.gram
+        self.m2 += other.m2
         self.n += other.n
 
 

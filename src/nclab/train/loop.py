@@ -335,6 +335,15 @@ def train(
                                    "git_commit": env["git_commit"], "started": time.strftime("%Y-%m-%dT%H:%M:%S")}]
     env["data"] = data.info
     rundir.write_env(run_dir, env)
+    recorder = None
+    if config.record_dynamics:
+        from nclab.train.dynamics import DynamicsRecorder
+
+        recorder = DynamicsRecorder(run_dir)
+        if resuming:
+            recorder.truncate(after=start)  # epochs after the checkpoint are recomputed
+        else:
+            recorder.clear()
 
     end = config.epochs if max_epochs is None else min(config.epochs, max_epochs)
     status, message, epoch_done = "completed", "", start
@@ -361,6 +370,8 @@ def train(
             if epoch % config.eval_every == 0 or epoch == config.epochs:
                 t1 = time.perf_counter()
                 ev = _evaluate(model, data, loss_fn, config)
+                if recorder is not None:
+                    recorder.record_model(epoch, model, data.x_train, data.y_train, batch_size=config.eval_batch_size)
                 eval_time = time.perf_counter() - t1
                 record = {"epoch": epoch, "lr": lr,
                           "elapsed_s": elapsed + time.perf_counter() - t_session,
