@@ -20,8 +20,8 @@ Usage: python benchmarks/bench_metrics.py [--quick]
 from __future__ import annotations
 
 import argparse
+import os
 import multiprocessing as mp
-import resource
 import time
 
 import numpy as np
@@ -79,8 +79,17 @@ def naive_nc1(x, y, C, limit=None):
     return nc1, total, m
 
 
-def _peak_rss_child(n, d, C, q):
-    torch.set_num_threads(2)
+def _hwm_mib() -> float:
+    """Peak resident memory of this process (VmHWM; unlike ru_maxrss it is not inherited over exec)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _peak_rss_child(n, d, C, threads, q):
+    torch.set_num_threads(threads)
     rng = np.random.default_rng(1)
     mu = np.abs(rng.normal(size=(C, d))).astype(np.float32)
 
@@ -92,19 +101,19 @@ def _peak_rss_child(n, d, C, q):
             yield {"features": torch.from_numpy(mu[yb] + g.normal(size=(m, d)).astype(np.float32)),
                    "labels": torch.from_numpy(yb)}
 
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base = _hwm_mib()
     evaluate_stream(batches, num_classes=C, cache_bytes=0)
-    q.put((base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
+    q.put((base, _hwm_mib()))
 
 
-def peak_rss(n, d, C):
+def peak_rss(n, d, C, threads):
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    p = ctx.Process(target=_peak_rss_child, args=(n, d, C, q))
+    p = ctx.Process(target=_peak_rss_child, args=(n, d, C, threads, q))
     p.start()
     base, peak = q.get()
     p.join()
-    return base / 1024, peak / 1024  # MiB
+    return base, peak  # MiB
 
 
 def run_case(name, n, d, C, baseline_limit):
@@ -131,15 +140,20 @@ def run_case(name, n, d, C, baseline_limit):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="case A only")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (default 1: the per-batch GEMMs are small, and on a shared 2-core "
+                         "machine extra OpenMP threads spin and slow everything down; the baseline is single-threaded)")
     args = ap.parse_args()
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}")
     run_case("A", 50_000, 512, 10, baseline_limit=None)
     if not args.quick:
         run_case("B", 100_000, 2048, 100, baseline_limit=2_000)
-    base1, p1 = peak_rss(50_000, 512, 10)
-    base4, p4 = peak_rss(200_000, 512, 10)
-    print(f"peak RSS, streamed (case A shape): n=50,000 -> {p1:.0f} MiB; n=200,000 -> {p4:.0f} MiB "
-          f"(ratio {p4 / p1:.2f}; process baseline {base1:.0f} MiB)")
+    base1, p1 = peak_rss(50_000, 512, 10, args.threads)
+    base4, p4 = peak_rss(200_000, 512, 10, args.threads)
+    print(f"peak RSS growth while streaming (case A shape): n=50,000 -> +{p1 - base1:.0f} MiB; "
+          f"n=200,000 -> +{p4 - base4:.0f} MiB (process baseline {base1:.0f} MiB; the data would be "
+          f"{200_000 * 512 * 4 / 2**20:.0f} MiB)")
 
 
 if __name__ == "__main__":

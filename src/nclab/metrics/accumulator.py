@@ -30,7 +30,7 @@ import torch
 from nclab.metrics import geometry as geo
 from nclab.metrics.calibration import CalibrationState
 from nclab.metrics.conventions import DEFAULT_CONVENTION, Convention, get_convention
-from nclab.metrics.ncc import NCCState, squared_distances
+from nclab.metrics.ncc import NCCState
 from nclab.metrics.noise import NoiseState, noise_metrics
 from nclab.metrics.result import NCResult
 from nclab.metrics.validation import (
@@ -158,9 +158,11 @@ class NCAccumulator:
             z = check_features(as_tensor(logits, name="logits", device=dev), name="logits")
             if z.shape != (n, self.num_classes):
                 raise ValueError(f"logits must have shape ({n}, {self.num_classes}); got {tuple(z.shape)}")
-        elif self._weight is not None:
+        elif self._weight is not None and self.phase == 1:
             z = x @ self._weight.T + (self._bias if self._bias is not None else 0.0)
-        for attr, present, what in (("_has_clean", yc is not None, "clean_labels"), ("_has_logits", z is not None, "logits")):
+        # pass 2 forms W-logits from the shared GEMM on the deviations (see _update_pass2)
+        has_logits = logits is not None or self._weight is not None
+        for attr, present, what in (("_has_clean", yc is not None, "clean_labels"), ("_has_logits", has_logits, "logits")):
             seen = getattr(self, attr)
             if seen is None:
                 setattr(self, attr, present)
@@ -209,6 +211,38 @@ class NCAccumulator:
         self._ncc = NCCState()
         if d["centroids"] is not None:
             self._noise = NoiseState(self.num_classes, d["centroids"])
+        self._pass2 = self._pass2_tables(d)
+
+    def _pass2_tables(self, d: dict[str, Any]) -> dict[str, Any]:
+        """One right-hand side for a single GEMM ``r @ R`` per batch, with r = h − μ_y.
+
+        Every pass-2 quantity is an exact function of the within-class deviation r and
+        small C×C tables, so each term stays on the scale of the distances involved
+        (no ‖h‖² − 2⟨h, μ⟩ + ‖μ‖² cancellation on collapsed features):
+        ``‖h − μ_c‖² = ‖r‖² − 2 r·(μ_c − μ_y) + ‖μ_c − μ_y‖²``,
+        ``‖h − ν_k‖² = ‖r‖² + 2 r·(μ_y − ν_k) + ‖μ_y − ν_k‖²``, ``W h = W r + W μ_y``.
+        """
+        mu, g = d["means"], d["global_mean"]
+        blocks, t = {}, {}
+        cols = []
+
+        def add(name, mat):  # mat: d×k
+            start = sum(c.shape[1] for c in cols)
+            cols.append(mat)
+            blocks[name] = slice(start, start + mat.shape[1])
+
+        if self.within == "projected":
+            add("proj", d["spectrum"].U)
+        add("mu", (mu - g).T)
+        t["d_mu"] = ((mu[:, None, :] - mu[None, :, :]) ** 2).sum(-1)  # C×C
+        if self._weight is not None:
+            add("w", self._weight.T)
+            t["w_mu"] = mu @ self._weight.T  # C×C: row y = W μ_y
+        if d["centroids"] is not None:
+            nu = d["centroids"]
+            add("nu", (nu - g).T)
+            t["d_mu_nu"] = ((mu[:, None, :] - nu[None, :, :]) ** 2).sum(-1)  # [y, k] = ‖μ_y − ν_k‖²
+        return {"rhs": torch.cat(cols, dim=1), "blocks": blocks, **t}
 
     def _derive(self) -> dict[str, Any]:
         m = self._moments
@@ -247,27 +281,37 @@ class NCAccumulator:
         return dict(means=means, global_mean=gm, centred=centred, spectrum=spectrum, centroids=centroids, warnings=msgs)
 
     def _update_pass2(self, x, y, yc, z) -> None:
-        d = self._derived
+        d, t = self._derived, self._pass2
+        blk = t["blocks"]
         self._pass2_n += x.shape[0]
+        r = x - d["means"][y]
+        rr = torch.linalg.vector_norm(r, dim=1).square_()
+        G = r @ t["rhs"]
         if self._proj is not None:
-            self._proj.update(x, y)
-        d2 = squared_distances(x, d["means"])
+            self._proj.add(G[:, blk["proj"]], rr, y)
+        A = G[:, blk["mu"]]  # r·(μ_c − g)
+        Ay = A.gather(1, y[:, None])
+        d2 = (rr[:, None] - 2.0 * (A - Ay) + t["d_mu"][y]).clamp_min_(0.0)
         ncc_pred = d2.argmin(dim=1)
         pred_b = pred_nb = None
-        if z is not None:
+        if "w" in blk:
+            lin = G[:, blk["w"]] + t["w_mu"][y]  # W h
+            pred_nb = lin.argmax(dim=1)
+            pred_b = (lin + self._bias).argmax(dim=1) if self._bias is not None else pred_nb
+        if z is not None:  # explicit logits decide the biased prediction
             pred_b = z.argmax(dim=1)
-            if self._weight is not None:
-                pred_nb = (x @ self._weight.T).argmax(dim=1)
-            elif self._bias is None:
+            if pred_nb is None and self._bias is None:
                 pred_nb = pred_b  # logits without a known bias: treat as bias-free
         self._ncc.update(ncc_pred, pred_b, pred_nb)
         dist_true = None
         if self._noise is not None and yc is not None:
-            dist_true = self._noise.update(x, y, yc)
+            B = G[:, blk["nu"]]  # r·(ν_k − g)
+            cross = Ay.squeeze(1) - B.gather(1, yc[:, None]).squeeze(1)  # r·(μ_y − ν_yc)
+            dist_true = (rr + 2.0 * cross + t["d_mu_nu"][y, yc]).clamp_min_(0.0).sqrt_()
+            self._noise.update(x, y, yc, dist_true)
         if self.per_sample:
-            own = d2.gather(1, y[:, None]).squeeze(1)
             other = d2.scatter(1, y[:, None], float("inf")).min(dim=1).values
-            rec = {"dist_given_mean": own.sqrt(), "dist_nearest_other_mean": other.sqrt(), "ncc_pred": ncc_pred}
+            rec = {"dist_given_mean": rr.sqrt(), "dist_nearest_other_mean": other.sqrt(), "ncc_pred": ncc_pred}
             if dist_true is not None:
                 rec["dist_true_centroid"] = dist_true
                 rec["memorization"] = torch.where(y != yc, dist_true, torch.full_like(dist_true, float("nan")))

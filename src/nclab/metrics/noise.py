@@ -39,19 +39,17 @@ class NoiseState:
         self.proj_s = torch.zeros(C, C, **f64)
         self.proj_n = torch.zeros(C, C, **f64)
 
-    def update(self, x: torch.Tensor, y: torch.Tensor, y_clean: torch.Tensor) -> torch.Tensor:
-        """Fold in a batch; returns each sample's distance to the clean centroid of its true class."""
-        dist = torch.linalg.vector_norm(x - self.centroids[y_clean], dim=1)
+    def update(
+        self, x: torch.Tensor, y: torch.Tensor, y_clean: torch.Tensor, dist: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Fold in a batch; returns each sample's distance to the clean centroid of its true class
+        (``dist``, if the caller already has it)."""
+        if dist is None:
+            dist = torch.linalg.vector_norm(x - self.centroids[y_clean], dim=1)
         noisy = y != y_clean
         clean = ~noisy
-        yc, dn = y_clean[noisy], dist[noisy]
-        self.mem_n.index_add_(0, yc, torch.ones_like(dn))
-        self.mem_s.index_add_(0, yc, dn)
-        self.mem_ss.index_add_(0, yc, dn * dn)
-        yk, dk = y[clean], dist[clean]
-        self.dil_n.index_add_(0, yk, torch.ones_like(dk))
-        self.dil_s.index_add_(0, yk, dk)
-        self.dil_ss.index_add_(0, yk, dk * dk)
+        _chan_add(self.mem_n, self.mem_s, self.mem_ss, y_clean[noisy], dist[noisy])
+        _chan_add(self.dil_n, self.dil_s, self.dil_ss, y[clean], dist[clean])
         if bool(noisy.any()):
             src, dst = y_clean[noisy], y[noisy]
             direction = self.centroids[dst] - self.centroids[src]
@@ -63,19 +61,45 @@ class NoiseState:
         return dist
 
     def merge(self, other: "NoiseState") -> None:
-        for name in ("mem_n", "mem_s", "mem_ss", "dil_n", "dil_s", "dil_ss", "proj_s", "proj_n"):
-            getattr(self, name).add_(getattr(other, name))
+        for pre in ("mem", "dil"):
+            n, s, m2 = (getattr(self, f"{pre}_{x}") for x in ("n", "s", "ss"))
+            on, os_, om2 = (getattr(other, f"{pre}_{x}") for x in ("n", "s", "ss"))
+            both = (n > 0) & (on > 0)
+            delta = torch.where(both, s / n.clamp_min(1.0) - os_ / on.clamp_min(1.0), torch.zeros_like(s))
+            m2 += om2 + torch.where(both, n * on / (n + on).clamp_min(1.0), torch.zeros_like(s)) * delta * delta
+            n += on
+            s += os_
+        self.proj_s.add_(other.proj_s)
+        self.proj_n.add_(other.proj_n)
 
 
-def _mean_std(n: torch.Tensor, s: torch.Tensor, ss: torch.Tensor, ddof: int) -> tuple[float | None, float | None]:
+def _chan_add(n: torch.Tensor, s: torch.Tensor, m2: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    """Per-class count / sum / sum of squared deviations of scalars ``v`` (class ``k``),
+    merged with Chan's formula so a near-constant distance has a std of 0, not √eps."""
+    C = n.shape[0]
+    m = torch.bincount(k, minlength=C).to(n.dtype)
+    bs = torch.zeros_like(s).index_add_(0, k, v)
+    bmean = bs / m.clamp_min(1.0)
+    bm2 = torch.zeros_like(m2).index_add_(0, k, (v - bmean[k]) ** 2)
+    both = (n > 0) & (m > 0)
+    delta = torch.where(both, s / n.clamp_min(1.0) - bmean, torch.zeros_like(s))
+    m2 += bm2 + torch.where(both, n * m / (n + m).clamp_min(1.0), torch.zeros_like(s)) * delta * delta
+    n += m
+    s += bs
+
+
+def _mean_std(n: torch.Tensor, s: torch.Tensor, m2: torch.Tensor, ddof: int) -> tuple[float | None, float | None]:
+    """Pooled mean and std over classes from per-class (count, sum, M2)."""
     N = float(n.sum())
     if N == 0:
         return None, None
     mean = float(s.sum()) / N
-    var = max(float(ss.sum()) / N - mean * mean, 0.0)
+    nz = n > 0
+    # total M2 = within-class M2 + between-class part
+    total = float(m2.sum()) + float((n[nz] * (s[nz] / n[nz] - mean) ** 2).sum())
     if N - ddof <= 0:
         return mean, 0.0
-    return mean, (var * N / (N - ddof)) ** 0.5
+    return mean, (max(total, 0.0) / (N - ddof)) ** 0.5
 
 
 def mean_centroid_distance(centroids: torch.Tensor) -> float:

@@ -40,14 +40,17 @@ def check_features(x: torch.Tensor, *, name: str = "features", dim: int | None =
         raise TypeError(f"{name} must be floating point; got dtype {x.dtype}")
     if dim is not None and x.shape[1] != dim:
         raise ValueError(f"{name} has dimension {x.shape[1]}, but earlier batches had {dim}")
-    # Check in the input dtype (cheaper than after the float64 copy); count only on failure.
-    if not bool(torch.isfinite(x).all()):
+    x64 = x.to(torch.float64)
+    # Cheap screen: a float64 sum is finite when every entry is (float32/16 inputs cannot
+    # overflow it); only if it is not, look at the entries and count the offenders.
+    if not bool(torch.isfinite(x64.sum())):
         bad = ~torch.isfinite(x)
-        rows = int(bad.any(dim=1).sum())
-        raise ValueError(
-            f"{name} has {int(bad.sum())} non-finite values (NaN or inf) in {rows} of {x.shape[0]} rows"
-        )
-    return x.to(torch.float64)
+        if bool(bad.any()):
+            rows = int(bad.any(dim=1).sum())
+            raise ValueError(
+                f"{name} has {int(bad.sum())} non-finite values (NaN or inf) in {rows} of {x.shape[0]} rows"
+            )
+    return x64
 
 
 def check_labels(y: torch.Tensor, *, n: int, num_classes: int, name: str = "labels") -> torch.Tensor:

@@ -122,10 +122,13 @@ class ProjectedScatter:
 
     def update(self, x: torch.Tensor, y: torch.Tensor) -> None:
         r = x - self.means[y]
-        z = r @ self.basis
+        self.add(r @ self.basis, (r * r).sum(dim=1), y)
+
+    def add(self, z: torch.Tensor, rr: torch.Tensor, y: torch.Tensor) -> None:
+        """Fold in projected deviations ``z = (h − μ_y) Q`` and squared norms ``‖h − μ_y‖²``."""
         self.gram += z.T @ z
-        self.m2.index_add_(0, y, (r * r).sum(dim=1))
-        self.n += x.shape[0]
+        self.m2.index_add_(0, y, rr)
+        self.n += z.shape[0]
 
     def merge(self, other: "ProjectedScatter") -> None:
         self.gram += other.gram
