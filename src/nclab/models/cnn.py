@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from torch import Tensor, nn
+from torch import nn
+
+from nclab.models.base import FeatureModel
 
 from nclab.models.mlp import make_activation
 
 
-class SmallCNN(nn.Module):
+class SmallCNN(FeatureModel):
     """Two conv stages and a linear feature layer.
 
     ``[Conv3x3(c) -> BN -> act -> Conv3x3(c) -> BN -> act -> MaxPool2]`` with
@@ -45,11 +47,3 @@ class SmallCNN(nn.Module):
         self.body = nn.Sequential(*layers)
         self.feature_dim = feature_dim
         self.classifier = nn.Linear(feature_dim, num_classes)
-
-    def forward_features(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """``(logits, features)``; features are the classifier's input."""
-        h = self.body(x)
-        return self.classifier(h), h
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_features(x)[0]

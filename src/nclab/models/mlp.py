@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import Tensor, nn
+from torch import nn
+
+from nclab.models.base import FeatureModel
 
 ACTIVATIONS = {
     "relu": nn.ReLU,
@@ -23,7 +25,7 @@ def make_activation(name: str) -> nn.Module:
     return ACTIVATIONS[name]()
 
 
-class MLP(nn.Module):
+class MLP(FeatureModel):
     """Flatten, then ``depth`` blocks ``Linear -> BatchNorm1d (optional) -> activation``.
 
     Blocks 1..depth-1 have ``width`` units; the last block maps to ``feature_dim``
@@ -64,11 +66,3 @@ class MLP(nn.Module):
         self.body = nn.Sequential(*layers)
         self.feature_dim = feature_dim
         self.classifier = nn.Linear(feature_dim, num_classes)
-
-    def forward_features(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """``(logits, features)``; features are the classifier's input (shape ``(n, feature_dim)``)."""
-        h = self.body(x)
-        return self.classifier(h), h
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_features(x)[0]

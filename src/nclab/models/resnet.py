@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from nclab.models.base import FeatureModel
+
 
 class BasicBlock(nn.Module):
     """``x -> conv3x3 -> BN -> ReLU -> conv3x3 -> BN (+ shortcut) -> ReLU`` (He et al. 2016)."""
@@ -26,7 +28,7 @@ class BasicBlock(nn.Module):
         return self.relu(out + self.shortcut(x))
 
 
-class ResNet18(nn.Module):
+class ResNet18(FeatureModel):
     """ResNet-18 for 32x32 inputs: 3x3 stem (stride 1, no max-pool), 4 stages of 2 blocks.
 
     Stage widths are ``round(64 k), round(128 k), round(256 k), round(512 k)`` for
@@ -58,10 +60,6 @@ class ResNet18(nn.Module):
         self.feature_dim = c_in
         self.classifier = nn.Linear(c_in, num_classes)
 
-    def forward_features(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """``(logits, features)``; features are the pooled output of the last stage."""
-        h = self.pool(self.stages(self.stem(x)))
-        return self.classifier(h), h
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_features(x)[0]
+    def features(self, x: Tensor) -> Tensor:
+        """The pooled output of the last stage."""
+        return self.pool(self.stages(self.stem(x)))
