@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import html
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,9 +140,15 @@ def _feature_panels(store: RunStore, records, ds: str, figdir: Path, *, prefer_r
     seed = min(r["seed"] for r in main if r["rate"] == rate)
     out = []
     for r in sorted((r for r in main if r["rate"] == rate and r["seed"] == seed), key=lambda r: r["loss"]):
-        f = load_feature_file(store.run_dir(r["hash"]) / "features.npz")
+        run_dir = store.run_dir(r["hash"])
+        f = load_feature_file(run_dir / "features.npz")
+        try:  # class names, when the run recorded them
+            names = json.loads((run_dir / "env.json").read_text())["data"]["class_names"] or None
+        except (OSError, ValueError, KeyError, TypeError):
+            names = None
         path = figdir / f"{ds}_features_{r['loss']}.png"
         feature_scatter(path, f["features"], f["labels"], f["clean_labels"], weight=f.get("W"), bias=f.get("b"),
+                        class_names=names,
                         title=f"{ds}, {r['loss']}, noise {rate:g}: test acc {r.get('test_acc') or float('nan'):.3f}")
         out.append((path, r["loss"], rate, seed))
     return out
