@@ -24,7 +24,6 @@ from __future__ import annotations
 import warnings
 from typing import Any, Literal
 
-import numpy as np
 import torch
 
 from nclab.metrics import geometry as geo
@@ -477,6 +476,3 @@ class NCAccumulator:
         P = spec.U.T @ (lm.scatter / lm.n) @ spec.U
         return nc1_from_projection(P, spec, num_classes=self.num_classes, divide=conv.nc1_divide_by_classes, pinv=False)
 
-
-def _to_numpy_labels(x: Any) -> np.ndarray:  # small helper for callers that need labels back
-    return x.cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)

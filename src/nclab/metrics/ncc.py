@@ -2,18 +2,14 @@
 
 ``mismatch = (1/n) Σ_i 1[argmax_c (W h_i + b)_c ≠ argmin_c ‖h_i − μ_c‖]``, with the
 class means μ_c of the *given* labels; the "no bias" variant drops b. The NCC
-rule needs the final means, so this is accumulated in the second pass. Squared
-distances use ``‖h‖² − 2⟨h, μ⟩ + ‖μ‖²`` in float64 (one GEMM per batch).
+rule needs the final means, so this is accumulated in the second pass; the
+distances come from the accumulator's single GEMM on the within-class deviations
+(``NCAccumulator._pass2_tables``).
 """
 
 from __future__ import annotations
 
 import torch
-
-
-def squared_distances(x: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
-    d2 = (x * x).sum(dim=1, keepdim=True) - 2.0 * x @ centres.T + (centres * centres).sum(dim=1)[None, :]
-    return d2.clamp_min_(0.0)
 
 
 class NCCState:

@@ -39,13 +39,9 @@ class NoiseState:
         self.proj_s = torch.zeros(C, C, **f64)
         self.proj_n = torch.zeros(C, C, **f64)
 
-    def update(
-        self, x: torch.Tensor, y: torch.Tensor, y_clean: torch.Tensor, dist: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Fold in a batch; returns each sample's distance to the clean centroid of its true class
-        (``dist``, if the caller already has it)."""
-        if dist is None:
-            dist = torch.linalg.vector_norm(x - self.centroids[y_clean], dim=1)
+    def update(self, x: torch.Tensor, y: torch.Tensor, y_clean: torch.Tensor, dist: torch.Tensor) -> None:
+        """Fold in a batch, given each sample's distance ``dist`` to the clean centroid of its
+        true class (the accumulator forms it from the within-class deviations)."""
         noisy = y != y_clean
         clean = ~noisy
         _chan_add(self.mem_n, self.mem_s, self.mem_ss, y_clean[noisy], dist[noisy])
@@ -58,7 +54,6 @@ class NoiseState:
             flat = src * self.C + dst
             self.proj_s.view(-1).index_add_(0, flat, t)
             self.proj_n.view(-1).index_add_(0, flat, torch.ones_like(t))
-        return dist
 
     def merge(self, other: "NoiseState") -> None:
         for pre in ("mem", "dil"):

@@ -120,10 +120,6 @@ class ProjectedScatter:
         self.m2 = torch.zeros(means.shape[0], dtype=torch.float64, device=basis.device)
         self.n = 0
 
-    def update(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        r = x - self.means[y]
-        self.add(r @ self.basis, (r * r).sum(dim=1), y)
-
     def add(self, z: torch.Tensor, rr: torch.Tensor, y: torch.Tensor) -> None:
         """Fold in projected deviations ``z = (h − μ_y) Q`` and squared norms ``‖h − μ_y‖²``."""
         self.gram += z.T @ z
