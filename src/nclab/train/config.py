@@ -257,6 +257,27 @@ class ScheduleConfig(StrictModel):
         return v
 
 
+class StopConfig(StrictModel):
+    """Early stop at the terminal phase: stop once the eval-mode accuracy on the *noisy*
+    training labels is >= ``train_acc`` for ``patience`` consecutive epochs (``epochs``
+    stays the cap). ``train_acc: null`` (default) trains for exactly ``epochs``."""
+
+    train_acc: float | None = None
+    patience: int = 1
+
+    @field_validator("train_acc")
+    @classmethod
+    def _acc(cls, v: float | None) -> float | None:
+        return None if v is None else _in_range(v, 0.0, 1.0, name="stop.train_acc", lo_open=True)
+
+    @field_validator("patience")
+    @classmethod
+    def _patience(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError(f"stop.patience must be >= 1; got {v}")
+        return v
+
+
 class TrainConfig(StrictModel):
     """One training run. ``TrainConfig.from_sources(yaml_path, overrides)`` builds it."""
 
@@ -267,6 +288,7 @@ class TrainConfig(StrictModel):
     eval_every: int = 1
     eval_batch_size: int = 1024
     checkpoint_every: int = 1
+    threads: int = 1  # torch intra-op threads on CPU; results depend on it, so it is part of the run's identity
     device: Literal["auto", "cpu", "cuda"] = "auto"
     convention: str = "zhu2021"
     save_features: bool = True  # final train features/labels/classifier -> features.npz (nclab metrics reads it)
@@ -277,8 +299,9 @@ class TrainConfig(StrictModel):
     model: ModelConfig = Field(default_factory=ModelConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    stop: StopConfig = Field(default_factory=StopConfig)
 
-    @field_validator("epochs", "batch_size", "eval_every", "eval_batch_size", "checkpoint_every")
+    @field_validator("epochs", "batch_size", "eval_every", "eval_batch_size", "checkpoint_every", "threads")
     @classmethod
     def _positive(cls, v: int, info) -> int:
         if v < 1:
