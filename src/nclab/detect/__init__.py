@@ -5,9 +5,13 @@
   :func:`detection_quality` (AUROC, precision at the true noise count);
 - :func:`score_run`: the scores for an nclab run directory, written as CSV by
   :meth:`Suspicion.to_csv`;
-- :mod:`nclab.detect.evaluate`: injected-noise evaluation next to cleanlab.
+- :mod:`nclab.detect.evaluate`: injected-noise evaluation next to cleanlab;
+- :func:`find_label_issues` / :func:`get_label_quality_scores`: cleanlab-shaped
+  entry points (labels first, keyword evidence: ``pred_probs``, ``features``,
+  ``margins``), a flagged set by a stated rule (AUM threshold, confident learning).
 """
 
+from nclab.detect.issues import FILTERS, QUALITY_METHODS, confident_joint, find_label_issues, get_label_quality_scores
 from nclab.detect.run import SCORES, Suspicion, score_arrays, score_run
 from nclab.detect.scores import (
     aum_scores,
@@ -19,6 +23,11 @@ from nclab.detect.scores import (
 )
 
 __all__ = [
+    "FILTERS",
+    "QUALITY_METHODS",
+    "confident_joint",
+    "find_label_issues",
+    "get_label_quality_scores",
     "SCORES",
     "Suspicion",
     "aum_scores",

@@ -1,4 +1,4 @@
-"""Per-sample training dynamics: the logit margin of every training sample at each evaluation.
+"""Per-sample training dynamics: the logit margin of every training sample after every epoch.
 
 The margin of sample ``i`` with given (possibly noisy) label ``y_i`` is
 
@@ -14,9 +14,13 @@ recorded epoch, written atomically. Re-recording an epoch overwrites it, and
 :meth:`DynamicsRecorder.truncate` drops epochs after a resumed checkpoint, so a
 resumed run ends with the same files as an uninterrupted one.
 
-Differences from Pleiss et al.: margins are taken from eval-mode logits at the
-trainer's evaluation epochs (not from the training-mode forward of each
-minibatch), so they do not depend on dropout/BatchNorm batch statistics.
+The trainer (``record_dynamics: true``) records after *every* epoch, independently
+of ``eval_every``: one eval-mode forward over the training set (logits only, no
+metric suite), so a run with a large ``eval_every`` still has the full curve.
+
+Differences from Pleiss et al.: margins are taken from eval-mode logits after
+each epoch (not from the training-mode forward of each minibatch), so they do
+not depend on dropout/BatchNorm batch statistics or on the batch order.
 """
 
 from __future__ import annotations
