@@ -30,6 +30,8 @@ from nclab.train.checkpoint import CheckpointError, load_checkpoint, save_checkp
 from nclab.train.config import OptimConfig, TrainConfig
 from nclab.train.evaluate import collect_outputs, evaluate_split
 from nclab.train.schedule import lr_at
+from nclab.train.stop import StopTracker, train_accuracy
+from nclab.train.threads import thread_record, thread_scope
 
 TIMING_KEYS: tuple[str, ...] = ("elapsed_s", "epoch_time_s", "eval_time_s")
 """Record keys that measure wall time (they differ between otherwise identical runs)."""
@@ -245,29 +247,70 @@ def _evaluate(model: nn.Module, data: RunData, loss_fn: nn.Module, config: Train
 
 
 class _Progress:
-    """A rich progress bar over epochs (or nothing when disabled)."""
+    """Epoch progress, or nothing when disabled. On a terminal (or in Jupyter): a rich bar on
+    stderr. Otherwise (``nclab train cfg > log 2>&1``, batch jobs) a rich bar would print nothing
+    until the end, so plain lines go to stderr instead: the first epoch, then at most one every
+    ``NCLAB_PROGRESS_SECONDS`` seconds (default 10; 0 = every epoch), and the last epoch reached."""
 
     def __init__(self, enabled: bool, total: int, start: int, name: str):
         self.bar = None
-        if enabled:
+        self.plain = False
+        if not enabled:
+            return
+        from rich.console import Console
+
+        console = Console(stderr=True)
+        if console.is_terminal or console.is_jupyter:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
             self.bar = Progress(TextColumn("[bold]{task.fields[name]}"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("{task.description}"), TimeElapsedColumn())
+                                TextColumn("{task.description}"), TimeElapsedColumn(), console=console)
             self.bar.start()
             self.task = self.bar.add_task("", total=total, completed=start, name=name)
-
-    def update(self, epoch: int, record: dict[str, Any] | None, loss: float) -> None:
-        if self.bar is None:
             return
+        import os
+
+        try:
+            self.interval = max(0.0, float(os.environ.get("NCLAB_PROGRESS_SECONDS", "10")))
+        except ValueError:
+            self.interval = 10.0
+        self.plain, self.total, self.name = True, total, name
+        self.t0 = time.monotonic()
+        self.last_time: float | None = None
+        self.pending: str | None = None
+
+    @staticmethod
+    def _describe(record: dict[str, Any] | None, loss: float) -> str:
         desc = f"loss {loss:.4f}"
         if record is not None:
             nc1 = record.get("train.nc1")
             desc += f"  acc {record['train_acc_noisy']:.3f}  test {record['test_acc']:.3f}"
             desc += f"  NC1 {nc1:.3g}" if isinstance(nc1, float) else "  NC1 -"
-        self.bar.update(self.task, completed=epoch, description=desc)
+        return desc
+
+    def _emit(self, line: str) -> None:
+        import sys
+
+        print(line, file=sys.stderr, flush=True)
+        self.last_time, self.pending = time.monotonic(), None
+
+    def update(self, epoch: int, record: dict[str, Any] | None, loss: float) -> None:
+        if self.plain:
+            now = time.monotonic()
+            line = (f"{self.name}: epoch {epoch}/{self.total}  {self._describe(record, loss)}"
+                    f"  elapsed {now - self.t0:.1f}s")
+            if self.last_time is None or epoch == self.total or now - self.last_time >= self.interval:
+                self._emit(line)
+            else:
+                self.pending = line
+            return
+        if self.bar is None:
+            return
+        self.bar.update(self.task, completed=epoch, description=self._describe(record, loss))
 
     def close(self) -> None:
+        if self.plain and self.pending is not None:
+            self._emit(self.pending)  # where the run stopped (max_epochs, divergence, interrupt)
         if self.bar is not None:
             self.bar.stop()
 
@@ -294,7 +337,13 @@ def train(
     """
     if max_epochs is not None and max_epochs < 1:
         raise ValueError(f"max_epochs must be >= 1; got {max_epochs}")
-    run_dir = Path(run_dir)
+    with thread_scope(config.threads):
+        return _train(config, run_dir=Path(run_dir), resume=resume, overwrite=overwrite, progress=progress,
+                      max_epochs=max_epochs)
+
+
+def _train(config: TrainConfig, *, run_dir: Path, resume: bool, overwrite: bool, progress: bool,
+           max_epochs: int | None) -> RunResult:
     device = resolve_device(config.device)  # before touching the run directory
     resuming = rundir.prepare_run_dir(run_dir, config, resume=resume, overwrite=overwrite)
     data = prepare_data(config, device)
@@ -309,6 +358,7 @@ def train(
     noise_path = run_dir / rundir.NOISE
 
     start, elapsed = 0, 0.0
+    stopper = StopTracker.from_config(config.stop)
     sessions: list[dict[str, Any]] = []
     if resuming and ckpt_path.exists():
         state = load_checkpoint(ckpt_path, config_hash=config.config_hash())
@@ -317,6 +367,7 @@ def train(
             optimizer.load_state_dict(state["optimizer"])
             batches.set_state(state["batch_rng"])
             start, elapsed = int(state["epoch"]), float(state["elapsed_s"])
+            stopper.load(state.get("stop"))
         except (KeyError, RuntimeError, ValueError) as exc:
             raise CheckpointError(f"checkpoint {ckpt_path} does not fit this model/optimizer: {exc}") from None
         if noise_path.exists():
@@ -331,8 +382,16 @@ def train(
     truncate_jsonl(metrics_path, kept)
     rundir.save_npz(noise_path, data.noise_arrays)
     env = rundir.environment(config, device)
+    threads_now = thread_record()
+    if sessions and sessions[-1].get("torch_threads") not in (None, threads_now["torch_threads"]):
+        import warnings
+
+        warnings.warn(f"{run_dir}: resuming with {threads_now['torch_threads']} torch threads; the run so far used "
+                      f"{sessions[-1]['torch_threads']} (results depend on the thread count)", stacklevel=2)
+    env["threads"] = threads_now
     env["sessions"] = sessions + [{"start_epoch": start, "device": str(device), "hostname": env["hostname"],
-                                   "git_commit": env["git_commit"], "started": time.strftime("%Y-%m-%dT%H:%M:%S")}]
+                                   "git_commit": env["git_commit"], "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                   "torch_threads": threads_now["torch_threads"]}]
     env["data"] = data.info
     rundir.write_env(run_dir, env)
     recorder = None
@@ -346,6 +405,8 @@ def train(
             recorder.clear()
 
     end = config.epochs if max_epochs is None else min(config.epochs, max_epochs)
+    if stopper.fired:
+        end = start  # the run already stopped at its terminal phase: nothing left to train
     status, message, epoch_done = "completed", "", start
     bar = _Progress(progress, config.epochs, start, config.name)
     t_session = time.perf_counter()
@@ -367,19 +428,36 @@ def train(
                            f"non-finite; {kept_msg}. Lower optim.lr or add a schedule.")
                 break
             record = None
-            if epoch % config.eval_every == 0 or epoch == config.epochs:
+            dyn_time = 0.0
+            if recorder is not None:
+                # margins every epoch, independent of eval_every: one eval-mode forward over the training set
+                t1 = time.perf_counter()
+                recorder.record_model(epoch, model, data.x_train, data.y_train, batch_size=config.eval_batch_size)
+                dyn_time = time.perf_counter() - t1
+            full_eval = epoch % config.eval_every == 0 or epoch == config.epochs
+            fired = False
+            if stopper.active and not full_eval:
+                # cheap eval-mode pass; the full suite runs only when the rule fires
+                fired = stopper.update(epoch, train_accuracy(model, data.x_train, data.y_train,
+                                                             batch_size=config.eval_batch_size))
+                full_eval = fired
+            if full_eval:
                 t1 = time.perf_counter()
                 ev = _evaluate(model, data, loss_fn, config)
-                if recorder is not None:
-                    recorder.record_model(epoch, model, data.x_train, data.y_train, batch_size=config.eval_batch_size)
-                eval_time = time.perf_counter() - t1
+                if stopper.active and not fired:
+                    fired = stopper.update(epoch, float(ev["train_acc_noisy"]))
+                eval_time = time.perf_counter() - t1 + dyn_time
                 record = {"epoch": epoch, "lr": lr,
                           "elapsed_s": elapsed + time.perf_counter() - t_session,
                           "epoch_time_s": epoch_time, "eval_time_s": eval_time,
                           "train_loss_running": run_loss, **ev}
+                if fired or epoch == config.epochs:
+                    record.update(stopper.summary(finished_by_rule=fired))
                 record = _ordered(record)
                 append_jsonl(metrics_path, record)
             epoch_done = epoch
+            if fired:
+                end = epoch
             if epoch % config.checkpoint_every == 0 or epoch == end:
                 save_checkpoint(ckpt_path, {
                     "epoch": epoch,
@@ -387,17 +465,22 @@ def train(
                     "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "batch_rng": batches.get_state(),
+                    "stop": stopper.state(),
                 }, config_hash=config.config_hash())
             bar.update(epoch, record, run_loss)
+            if fired:
+                break
     finally:
         bar.close()
-    if status == "completed" and config.save_features and epoch_done == config.epochs:
+    finished = epoch_done == config.epochs or stopper.fired
+    if status == "completed" and config.save_features and finished:
         save_features(run_dir / rundir.FEATURES, model, data, batch_size=config.eval_batch_size)
-    if status == "completed" and epoch_done < config.epochs:
+    if status == "completed" and not finished:
         status = "stopped"
         message = f"stopped after epoch {epoch_done} of {config.epochs} (max_epochs); resume to continue"
     history = read_jsonl(metrics_path)
-    atomic_write_json(run_dir / rundir.STATUS, {"status": status, "epoch": epoch_done, "message": message})
+    stop_info = stopper.summary(finished_by_rule=stopper.fired) if finished else {}
+    atomic_write_json(run_dir / rundir.STATUS, {"status": status, "epoch": epoch_done, "message": message, **stop_info})
     return RunResult(run_dir=run_dir, config=config, history=history, final=history[-1] if history else None,
                      status=status, epoch=epoch_done, message=message)
 
