@@ -13,7 +13,8 @@ def register(app: typer.Typer) -> None:
 
     @app.command("train")
     def train_cmd(
-        config: Optional[Path] = typer.Argument(None, help="YAML config (defaults are used for missing keys)."),
+        config: Optional[Path] = typer.Argument(
+            None, help="YAML config file, or the name of a shipped config (nclab config list); defaults fill missing keys."),
         set_: list[str] = typer.Option([], "--set", "-s", help="Override, e.g. --set optim.lr=0.05 (repeatable)."),
         run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Run directory [default: runs/<name>]."),
         resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in the run directory."),
@@ -32,14 +33,24 @@ def register(app: typer.Typer) -> None:
         from nclab.config import ConfigError
         from nclab.train import CheckpointError, TrainConfig, train
 
+        from rich.markup import escape
+
+        from nclab.cli import cli_wording
+        from nclab.configs import resolve_config
+
         err = Console(stderr=True)
+        if resume and overwrite:
+            err.print("[bold red]error:[/] --resume and --overwrite exclude each other; choose one", highlight=False)
+            raise typer.Exit(2)
         try:
+            if config is not None:
+                config = resolve_config(config)
             cfg = TrainConfig.from_sources(config, set_)
             target = run_dir if run_dir is not None else Path("runs") / cfg.name
             result = train(cfg, run_dir=target, resume=resume, overwrite=overwrite, progress=not no_progress,
                            max_epochs=max_epochs)
         except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as exc:  # user-fixable input
-            err.print(f"[bold red]error:[/] {exc}", highlight=False)
+            err.print(f"[bold red]error:[/] {escape(cli_wording(str(exc)))}", highlight=False)
             raise typer.Exit(2) from None
         out = Console()
         table = Table(title=f"{cfg.name}: {result.status} at epoch {result.epoch}/{cfg.epochs}", show_header=False)
