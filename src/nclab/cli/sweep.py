@@ -200,11 +200,21 @@ def _register_search(app: typer.Typer) -> None:
             _fail(str(exc))
         store = RunStore(store_dir)
         ex = make_executor(executor, workers=workers, ray_address=ray_address)
+
+        def trial_line(t: dict) -> None:
+            # one plain line per finished trial: progress that also reads well in a log file
+            value = "failed" if t["value"] is None else f"{t['value']:.4g}"
+            best = "-" if t["best"] is None else f"{t['best']:.4g}"
+            params = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t["params"].items())
+            typer.echo(f"trial {t['number']} ({t['finished']}/{t['total']} finished): {t['metric']} {value}  "
+                       f"best {best}  {params}")
+
+        typer.echo(f"search {pre.name}: {trials or pre.trials} trials, score {pre.metric} ({pre.direction})")
         with ex:
             res = run_search(
                 base, store=store, preset=pre, trials=trials, sampler=sampler, seed=seed, storage=storage,
                 study_name=study_name, executor=ex, run_fn=fn, retrain=not no_retrain,
-                resolve=None if run_fn else "auto",
+                resolve=None if run_fn else "auto", on_trial=trial_line,
             )
         typer.echo(res.describe())
 
@@ -217,7 +227,7 @@ def _register_study(app: typer.Typer) -> None:
         datasets: Optional[list[str]] = typer.Option(None, "--datasets", help="datasets to use [default: every one available locally]"),
         store_dir: Path = typer.Option(Path("studies/memorization-dilation"), "--store", help="results store directory"),
         data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="where mnist/cifar10/svhn files live"),
-        seeds: Optional[int] = typer.Option(None, "--seeds", help="number of seeds [small: 3, paper: 3]"),
+        seeds: Optional[int] = typer.Option(None, "--seeds", help="number of paired seeds per cell [small: 10, paper: 10]"),
         workers: Optional[int] = typer.Option(None, "--workers", "-j"),
         executor: str = typer.Option("local", "--executor", help="local | ray | inline"),
         ray_address: Optional[str] = typer.Option(None, "--ray-address"),
@@ -227,7 +237,8 @@ def _register_study(app: typer.Typer) -> None:
         retry_failed: bool = typer.Option(False, "--retry-failed"),
         no_progress: bool = typer.Option(False, "--no-progress"),
         no_report: bool = typer.Option(False, "--no-report", help="do not write the report at the end"),
-        dry_run: bool = typer.Option(False, "--dry-run", help="list the runs and exit"),
+        dry_run: bool = typer.Option(False, "--dry-run", help="list the runs and exit (the data are not looked for)"),
+        as_json: bool = typer.Option(False, "--json", help="with --dry-run: print the resolved run configs as JSON"),
     ) -> None:
         """Regenerate the memorization-dilation study: runs (resumable) then the report."""
         from nclab.store.index import RunStore  # noqa: PLC0415
@@ -237,11 +248,22 @@ def _register_study(app: typer.Typer) -> None:
         if study not in STUDIES:
             _fail(f"unknown study {study!r}; available: {', '.join(STUDIES)}")
         try:
-            plan = plan_study(scale=scale, datasets=datasets, data_dir=data_dir, seeds=seeds, device=device, tiny=tiny)
-        except ValueError as exc:
+            plan = plan_study(scale=scale, datasets=datasets, data_dir=data_dir, seeds=seeds, device=device, tiny=tiny,
+                              check_data=not dry_run)
+        except (ValueError, FileNotFoundError) as exc:
             _fail(str(exc))
+        if dry_run and as_json:
+            import json  # noqa: PLC0415
+
+            typer.echo(json.dumps(plan.to_json(), indent=1))
+            return
         typer.echo(plan.describe())
         if dry_run:
+            for r in plan.runs():
+                c = r.config
+                typer.echo(f"{r.hash}  dataset={c['dataset']['name']} classes={c['dataset']['classes']} "
+                           f"noise.kind={c['noise']['kind']} noise.rate={c['noise']['rate']:g} loss={c['loss']['name']} "
+                           f"seed={c['seed']} stop.train_acc={c['stop']['train_acc']} epochs={c['epochs']}")
             return
         store = RunStore(store_dir)
         ex = make_executor(executor, workers=workers, ray_address=ray_address, num_gpus=num_gpus)
@@ -259,6 +281,7 @@ def _register_study(app: typer.Typer) -> None:
     def report_cmd(
         store_dir: Path = typer.Argument(..., help="results store directory"),
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="output directory [default: STORE/report]"),
+        as_json: bool = typer.Option(False, "--json", help="print the claims, verdicts and run counts as JSON"),
     ) -> None:
         """Rebuild the study report (Markdown + self-contained HTML) from a store, without training."""
         from nclab.report import build_report  # noqa: PLC0415
@@ -267,6 +290,11 @@ def _register_study(app: typer.Typer) -> None:
             rep = build_report(store_dir, out_dir=out)
         except (FileNotFoundError, ValueError) as exc:
             _fail(str(exc))
+        if as_json:
+            import json  # noqa: PLC0415
+
+            typer.echo(json.dumps(rep.summary, indent=1, default=str))
+            return
         typer.echo(f"report: {rep.markdown}\nhtml:   {rep.html}\nfigures: {len(rep.figures)}")
         for line in rep.verdicts:
             typer.echo(f"  {line}")

@@ -87,10 +87,13 @@ class SearchResult:
     retrain_hash: str | None = None
     retrain_final: dict[str, Any] | None = None
     trials: list[dict[str, Any]] = field(default_factory=list)
+    metric: str = ""  # the preset's score, a key of each run's final record
+    direction: str = "maximize"
 
     def describe(self) -> str:
         lines = [f"study {self.study_name} ({self.storage}): {self.n_complete}/{self.n_trials} trials complete"]
-        lines.append(f"best value {self.best_value} with " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in self.best_params.items()))
+        best = "none (no trial completed)" if self.best_value is None else f"{self.best_value:.4g}"
+        lines.append(f"best {self.metric or 'value'} ({self.direction}) {best} with " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in self.best_params.items()))
         if self.retrain_hash:
             lines.append(f"retrained on all data: run {self.retrain_hash}")
         return "\n".join(lines)
@@ -154,9 +157,14 @@ def run_search(
     retrain: bool = True,
     resolve: Callable[[dict], dict] | None | Literal["auto"] = "auto",
     on_event: Callable[[SweepEvent], None] | None = None,
+    on_trial: Callable[[dict[str, Any]], None] | None = None,
 ) -> SearchResult:
     """Search ``preset``'s space around ``base`` (see module doc); returns the best trial and,
-    with ``retrain``, the store run of the best parameters trained on all data."""
+    with ``retrain``, the store run of the best parameters trained on all data.
+
+    ``on_trial`` (progress) gets one dict per finished trial: ``number``, ``state``
+    (``COMPLETE``/``FAIL``), ``value``, ``metric``, ``direction``, ``params``, ``finished``
+    (trials finished so far, this session's and earlier ones), ``total`` and ``best`` (best value so far)."""
     import optuna  # noqa: PLC0415
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -209,6 +217,8 @@ def run_search(
                 study.tell(number, state=optuna.trial.TrialState.FAIL)
             else:
                 study.tell(number, float(value))
+            if on_trial is not None:
+                on_trial(_trial_event(study, number, value, run.varied, preset, n_target))
         batch = []
 
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -217,6 +227,7 @@ def run_search(
         best_params={}, best_value=None, best_config={},
         trials=[{"number": t.number, "state": t.state.name, "value": t.value, "params": dict(t.params),
                  "run_hash": t.user_attrs.get("run_hash")} for t in study.trials],
+        metric=preset.metric, direction=preset.direction,
     )
     if not complete:
         return result
@@ -237,6 +248,19 @@ def run_search(
         result.retrain_hash = h
         result.retrain_final = row["final"] if row and row["status"] == "completed" else None
     return result
+
+
+def _trial_event(study: Any, number: int, value: Any, params: dict[str, Any], preset: SearchPreset,
+                 total: int) -> dict[str, Any]:
+    import optuna  # noqa: PLC0415
+
+    done = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
+    values = [t.value for t in done if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None]
+    ok = value is not None and math.isfinite(float(value))
+    best = (max(values) if preset.direction == "maximize" else min(values)) if values else None
+    return {"number": number, "state": "COMPLETE" if ok else "FAIL", "value": float(value) if ok else None,
+            "metric": preset.metric, "direction": preset.direction, "params": dict(params),
+            "finished": len(done), "total": total, "best": best}
 
 
 def _resolved(cfg: dict[str, Any], resolve: Callable[[dict], dict] | None) -> dict[str, Any]:
