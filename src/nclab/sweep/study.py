@@ -1,28 +1,45 @@
-"""The memorization-dilation study: binary experiments, CE vs LS, across noise rates and seeds.
+"""The memorization-dilation study: CE vs LS across noise rates, paired seeds, terminal phase.
 
 ``plan_study(scale=...)`` decides the runs; ``run_study(plan, store=..., executor=...)`` runs
 them (resumable, through :func:`nclab.sweep.run_sweep`). The report is built separately
-from the store (:func:`nclab.report.build_report`).
+from the store (:func:`nclab.report.build_report`); its verdicts are explained in
+``docs/method.md``.
 
-Noise convention: ``symmetric`` — with probability ``p`` a training label is flipped to the
-*other* class (binary), so the nominal rate is the flip rate; each run reports the realized
-rate (``train.realized_noise_rate``). (The official code redraws over all classes, which
-flips only ``p/2`` in expectation; use ``noise.kind: symmetric_all`` to match it.)
+Pairing
+    The CE and LS runs of one ``(dataset, noise rate, seed)`` differ only in ``loss.name``.
+    Every random draw of a run comes from a named stream of ``config.seed`` (``"data"`` for
+    the per-class subsample, ``"noise"``, ``"init"``, ``"batches"``; :mod:`nclab.seeding`),
+    none of which depends on the loss, so the pair shares the noisy labels, the initial
+    weights and the batch order (tested in ``tests/test_study.py``).
+
+Noise convention
+    ``symmetric_all`` at every scale, the official code's convention: with probability ``p``
+    a training label is redrawn uniformly over all ``N`` classes, so about ``p (N-1)/N`` of
+    the labels change (``p/2`` for binary tasks). Each run reports the realized flip rate
+    (``train.realized_noise_rate``).
+
+Terminal phase
+    ``stop.train_acc`` / ``stop.patience``: a run stops once its eval-mode accuracy on the
+    *noisy* training labels has been >= 0.999 for ``patience`` consecutive epochs, with
+    ``epochs`` as the cap; it records the first epoch of that streak (``terminal_epoch``) or
+    that it never got there. Only terminal-phase runs enter the verdicts.
 
 Scales
 ------
-``small`` (CPU; 72 runs, ~8-15 s each, about 10 minutes on 2 cores, well inside 30):
-    datasets' native resolution flattened (digits 8x8, Fashion-MNIST 28x28), Fashion-MNIST
-    subsampled to 500 images per class; MLP depth 3, width 256, 2-D features (d = N), batch
-    norm; SGD lr 0.05, momentum 0.9, weight decay 5e-4, batch 32, 60 epochs, step schedule
-    every 20 epochs by 0.5; LS alpha = 0.1; no search (fixed hyperparameters); seeds 0-2;
-    noise rates {0, 0.1, 0.2, 0.3, 0.4}; latent-class variant at rate 0.2 with latent
-    fraction 0.25.
-``paper`` (GPU; the official configuration): images to 3x32x32 with the paper's
-    normalisation; MLP depth 9, width 2048; batch 16, weight decay 1e-3, 200 epochs, step
-    every 40 epochs; per (dataset, loss, rate) cell the paper's search preset (20 random
-    trials on 80% of the noisy data for 80% of the epochs, scored on the noisy 20%), then
-    every seed trained on all data with the best parameters.
+``small`` (CPU): datasets at native resolution flattened (digits 8x8; Fashion-MNIST 28x28 at
+    500 training images per class); MLP depth 3, width 256, batch norm, features of
+    dimension d = N; SGD lr 0.05, momentum 0.9, weight decay 5e-4, batch 32, cosine schedule
+    over a cap of 200 epochs, stop at train accuracy 0.999 held 5 epochs; LS alpha 0.1; no
+    search; 10 seeds. Cells: binary digits (0 vs 1) and binary Fashion-MNIST (T-shirt vs
+    Trouser) at noise {0, 0.1, 0.2, 0.3, 0.4}, and 10-class Fashion-MNIST (200 images per
+    class, d = 10) at noise {0.2, 0.4}: 240 runs.
+``paper`` (GPU; the official configuration): binary MNIST, Fashion-MNIST, CIFAR-10, SVHN
+    (classes 0 and 1), images to 3x32x32 with the official normalisation; MLP depth 9,
+    width 2048; batch 16, weight decay 1e-3, 200 epochs, step schedule every 40 epochs; per
+    (dataset, loss, rate) cell the official search (20 random trials on 80% of the noisy data
+    for 80% of the epochs, scored on the noisy 20%), then every seed trained on all data with
+    the best parameters. It trains the official fixed 200 epochs (no early stop); the report
+    counts a run as terminal when its final noisy-label train accuracy is >= 0.999.
 """
 
 from __future__ import annotations
@@ -37,34 +54,51 @@ from nclab.sweep.executors import Executor, RunFn
 from nclab.sweep.runner import SweepEvent, SweepSummary, run_sweep
 from nclab.sweep.spec import SweepSpec, expand
 
-__all__ = ["STUDIES", "StudyPlan", "plan_study", "run_study", "available_datasets", "NOISE_RATES"]
+__all__ = ["STUDIES", "StudyPlan", "plan_study", "run_study", "available_datasets", "NOISE_RATES",
+           "SMALL_DATASETS", "PAPER_DATASETS", "MULTICLASS_RATES", "TERMINAL_ACC", "require_datasets"]
 
 STUDIES: tuple[str, ...] = ("memorization-dilation",)
 NOISE_RATES: list[float] = [0.0, 0.1, 0.2, 0.3, 0.4]
+MULTICLASS_RATES: list[float] = [0.2, 0.4]
 CANDIDATES: tuple[str, ...] = ("digits", "fashion-mnist", "mnist", "cifar10", "svhn")
+SMALL_DATASETS: tuple[str, ...] = ("digits", "fashion-mnist")
+PAPER_DATASETS: tuple[str, ...] = ("mnist", "fashion-mnist", "cifar10", "svhn")
+TERMINAL_ACC = 0.999
+NOISE_KIND = "symmetric_all"
 
 
 def available_datasets(*, data_dir: str | Path | None = None, candidates: tuple[str, ...] = CANDIDATES) -> list[str]:
     """Datasets whose files are on this machine (no download is attempted)."""
+    return [d for d in candidates if _missing_reason(d, data_dir=data_dir) is None]
+
+
+def _missing_reason(name: str, *, data_dir: str | Path | None) -> str | None:
+    """None when ``name``'s files are found; else the loader's message (it lists every place looked in)."""
+    if name == "digits":  # ships with scikit-learn
+        return None
     from nclab.data import load_dataset  # noqa: PLC0415
     from nclab.data.errors import DataNotFoundError  # noqa: PLC0415
 
-    out = []
-    for name in candidates:
-        if name == "digits":  # ships with scikit-learn
-            out.append(name)
-            continue
-        try:
-            load_dataset(name, classes=2, per_class=1, data_dir=data_dir, download=False)
-        except (DataNotFoundError, FileNotFoundError, ValueError, OSError):
-            continue
-        out.append(name)
-    return out
+    try:
+        load_dataset(name, classes=2, per_class=1, data_dir=data_dir, download=False)
+    except (DataNotFoundError, FileNotFoundError, ValueError, OSError) as exc:
+        return str(exc) or type(exc).__name__
+    return None
+
+
+def require_datasets(names: list[str] | tuple[str, ...], *, data_dir: str | Path | None = None) -> None:
+    """Raise ``FileNotFoundError`` naming every missing dataset and where it was looked for."""
+    problems = [(n, r) for n in names if (r := _missing_reason(n, data_dir=data_dir)) is not None]
+    if problems:
+        lines = [f"dataset(s) not found: {', '.join(n for n, _ in problems)}"]
+        lines += [f"- {n}: {r}" for n, r in problems]
+        lines.append("give --data-dir DIR (or download the files first), or choose datasets with --datasets")
+        raise FileNotFoundError("\n".join(lines))
 
 
 @dataclass
 class StudyPlan:
-    """The study's sweeps: one spec per (dataset, variant); ``search`` for the paper scale."""
+    """The study's sweeps: one spec per cell group; ``search`` for the paper scale."""
 
     scale: str
     datasets: list[str]
@@ -85,25 +119,41 @@ class StudyPlan:
         lines += [f"  {note}" for note in self.notes]
         return "\n".join(lines)
 
+    def to_json(self) -> dict[str, Any]:
+        """The resolved run configs (each with ``dataset``, ``noise``, ``loss``, ``seed``,
+        ``stop``, ...) plus the plan's summary: what ``reproduce --dry-run --json`` prints."""
+        runs = []
+        for s in self.specs:
+            for r in expand(s):
+                runs.append({"hash": r.hash, "spec": s.name, **r.config})
+        return {"study": STUDIES[0], "scale": self.scale, "datasets": self.datasets, "search": self.search,
+                "n_runs": len(runs), "notes": self.notes, "runs": runs}
 
-def _base(scale: str, dataset: str, *, data_dir: str | None, device: str | None, tiny: bool) -> dict[str, Any]:
+
+def _base(scale: str, dataset: str, *, data_dir: str | None, device: str | None, tiny: bool,
+          classes: int = 2, per_class: int | None = None) -> dict[str, Any]:
     if scale == "small":
-        epochs = 8 if tiny else 60
-        per_class = None if dataset == "digits" else (60 if tiny else 500)
+        epochs = 30 if tiny else 200
+        if per_class is None:
+            per_class = None if dataset == "digits" else (60 if tiny else 500)
         return {
-            "epochs": epochs, "batch_size": 32, "eval_every": max(1, epochs // 4), "device": device or "cpu",
-            "dataset": {"name": dataset, "classes": 2, "per_class": per_class, "preprocess": "native", "data_dir": data_dir},
-            "noise": {"kind": "symmetric", "rate": 0.0, "exact": False},
+            "epochs": epochs, "batch_size": 32, "eval_every": epochs, "device": device or "cpu", "threads": 1,
+            "dataset": {"name": dataset, "classes": classes, "per_class": per_class, "preprocess": "native",
+                        "data_dir": data_dir},
+            "noise": {"kind": NOISE_KIND, "rate": 0.0, "exact": False},
             "loss": {"name": "ce", "alpha": 0.1},
-            "model": {"name": "mlp", "depth": 2 if tiny else 3, "width": 64 if tiny else 256, "feature_dim": None, "batch_norm": True},
+            "model": {"name": "mlp", "depth": 2 if tiny else 3, "width": 64 if tiny else 256, "feature_dim": None,
+                      "batch_norm": True},
             "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4},
-            "schedule": {"name": "step", "step_size": max(1, epochs // 3), "gamma": 0.5},
+            "schedule": {"name": "cosine"},
+            "stop": {"train_acc": TERMINAL_ACC, "patience": 2 if tiny else 5},
         }
     if scale == "paper":
         return {
             "epochs": 200, "batch_size": 16, "eval_every": 20, "device": device or "auto",
-            "dataset": {"name": dataset, "classes": 2, "per_class": None, "preprocess": "paper", "data_dir": data_dir},
-            "noise": {"kind": "symmetric", "rate": 0.0, "exact": False},
+            "dataset": {"name": dataset, "classes": classes, "per_class": per_class, "preprocess": "paper",
+                        "data_dir": data_dir},
+            "noise": {"kind": NOISE_KIND, "rate": 0.0, "exact": False},
             "loss": {"name": "ce", "alpha": 0.1},
             "model": {"name": "mlp", "depth": 9, "width": 2048, "feature_dim": None, "batch_norm": True},
             "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-3},
@@ -121,41 +171,60 @@ def plan_study(
     device: str | None = None,
     tiny: bool = False,
     rates: list[float] | None = None,
+    multiclass: bool | None = None,
+    check_data: bool = True,
 ) -> StudyPlan:
-    """Plan the study: every requested (default: every locally available) dataset x {CE, LS}
-    x noise rates x seeds, plus the latent-class variant (rate 0.2, latent fraction 0.25)."""
+    """Plan the study: datasets x {CE, LS} x noise rates x seeds (binary tasks, classes 0
+    and 1), plus at ``small`` scale the 10-class Fashion-MNIST cell (noise 0.2 and 0.4).
+
+    ``datasets`` defaults to the scale's own (small: digits, fashion-mnist; paper: mnist,
+    fashion-mnist, cifar10, svhn). With ``check_data`` (default) a missing dataset raises
+    ``FileNotFoundError`` listing where it was looked for; ``check_data=False`` plans
+    without looking (``--dry-run``). ``multiclass`` (default: small scale, not tiny, with
+    fashion-mnist among the datasets) adds the 10-class cell.
+    """
     if scale not in ("small", "paper"):
         raise ValueError(f"unknown scale {scale!r}; small or paper")
     dd = None if data_dir is None else str(data_dir)
-    avail = available_datasets(data_dir=dd, candidates=tuple(datasets) if datasets else CANDIDATES)
-    if datasets:
-        missing = [d for d in datasets if d not in avail]
-        if missing:
-            raise ValueError(f"dataset(s) not available locally: {', '.join(missing)} (give --data-dir, or download them first)")
-    if not avail:
-        raise ValueError("no dataset available")
-    n_seeds = seeds or (2 if tiny else 3)
+    default = (["digits"] if tiny else list(SMALL_DATASETS)) if scale == "small" else list(PAPER_DATASETS)
+    chosen = list(dict.fromkeys(datasets)) if datasets else default
+    unknown = [d for d in chosen if d not in CANDIDATES]
+    if unknown:
+        raise ValueError(f"unknown dataset(s) {', '.join(unknown)}; the study knows {', '.join(CANDIDATES)}")
+    if check_data:
+        require_datasets(chosen, data_dir=dd)
+    n_seeds = seeds or (2 if tiny else 10)
+    if n_seeds < 1:
+        raise ValueError(f"seeds must be >= 1; got {n_seeds}")
     rates = rates or ([0.0, 0.2, 0.4] if tiny else NOISE_RATES)
+    seed_list = list(range(n_seeds))
     specs = []
-    for ds in avail:
+    for ds in chosen:
         base = _base(scale, ds, data_dir=dd, device=device, tiny=tiny)
-        specs.append(SweepSpec(
-            name=f"md-{scale}-{ds}", base=base, seeds=list(range(n_seeds)),
-            grid={"loss.name": ["ce", "ls"], "noise.rate": rates},
-        ))
-        latent = copy.deepcopy(base)
-        latent["noise"]["latent_fraction"] = 0.25
-        specs.append(SweepSpec(
-            name=f"md-{scale}-{ds}-latent", base=latent, seeds=list(range(n_seeds)),
-            grid={"loss.name": ["ce", "ls"], "noise.rate": [0.2]},
-        ))
-    notes = ["noise: symmetric (flip to the other class with probability p); realized rate reported per run"]
+        specs.append(SweepSpec(name=f"md-{scale}-{ds}", base=base, seeds=seed_list,
+                               grid={"loss.name": ["ce", "ls"], "noise.rate": rates}))
+    if multiclass is None:
+        multiclass = scale == "small" and not tiny and "fashion-mnist" in chosen
+    if multiclass:
+        base = _base(scale, "fashion-mnist", data_dir=dd, device=device, tiny=tiny, classes=10,
+                     per_class=60 if tiny else 200)
+        specs.append(SweepSpec(name=f"md-{scale}-fashion-mnist-10c", base=base, seeds=seed_list,
+                               grid={"loss.name": ["ce", "ls"], "noise.rate": MULTICLASS_RATES}))
+    notes = [f"noise: {NOISE_KIND} (a label is redrawn uniformly over all N classes with probability p; "
+             "about p(N-1)/N flip); realized rate reported per run",
+             "pairing: CE and LS of one (dataset, rate, seed) share noisy labels, initial weights and batch order"]
     if scale == "small":
-        notes.append("small: native-resolution MLP depth 3 width 256, 60 epochs, fixed lr 0.05, LS alpha 0.1, no search"
-                     if not tiny else "tiny smoke scale: MLP depth 2 width 64, 8 epochs")
+        notes.append("small: native-resolution MLP depth 3 width 256 (d = N), SGD lr 0.05, wd 5e-4, batch 32, cosine "
+                     f"over a cap of 200 epochs, stop at noisy-label train accuracy >= {TERMINAL_ACC} held 5 epochs, "
+                     "LS alpha 0.1, no search"
+                     if not tiny else "tiny smoke scale: MLP depth 2 width 64, cosine, cap 30 epochs")
+        if multiclass:
+            notes.append("multi-class cell: 10-class Fashion-MNIST, 200 images per class, d = N = 10, noise 0.2 and 0.4")
     else:
-        notes.append("paper: MLP depth 9 width 2048, 200 epochs, batch 16, wd 1e-3, paper search preset per cell")
-    return StudyPlan(scale=scale, datasets=avail, specs=specs, search=(scale == "paper"), notes=notes)
+        notes.append("paper: 3x32x32 inputs, MLP depth 9 width 2048, 200 epochs (fixed, official), batch 16, wd 1e-3, "
+                     "step schedule every 40 epochs, the official search per (dataset, loss, rate) cell")
+    return StudyPlan(scale=scale, datasets=chosen + (["fashion-mnist-10c"] if multiclass else []), specs=specs,
+                     search=(scale == "paper"), notes=notes)
 
 
 def run_study(
@@ -166,20 +235,23 @@ def run_study(
     run_fn: RunFn | None = None,
     on_event: Callable[[SweepEvent], None] | None = None,
     retry_failed: bool = False,
+    stack: int | None = None,
 ) -> SweepSummary:
     """Run the plan's runs into ``store`` (resumable). With ``plan.search`` each
     (dataset, loss, rate) cell is tuned first (paper preset) and its seeds use the best
-    parameters. Returns the summary of the final runs."""
+    parameters. ``stack`` (when given) is passed to :func:`run_sweep`: train that many
+    runs of one cell together. Returns the summary of the final runs."""
     from nclab.sweep.runner import resolve_run_fn  # noqa: PLC0415
 
     fn = resolve_run_fn(run_fn)
+    extra: dict[str, Any] = {} if stack is None else {"stack": stack}
     if not plan.search:
         runs = []
         for s in plan.specs:
             runs.extend(expand(s))
         store.register(runs, sweep=f"md-{plan.scale}")
         return run_sweep(store, runs, run_fn=fn, executor=executor, sweep=f"md-{plan.scale}",
-                         on_event=on_event, retry_failed=retry_failed)
+                         on_event=on_event, retry_failed=retry_failed, **extra)
     from nclab.sweep.search import run_search  # noqa: PLC0415
 
     final_runs = []
@@ -191,6 +263,7 @@ def run_study(
             for k, v in res.best_params.items():
                 parts = k.split(".")
                 tuned[parts[0]][parts[1]] = v
+            # every seed of the cell, CE and LS alike, trains with this cell's tuned parameters
             final_runs.extend(expand(SweepSpec(name=s.name, base=tuned, seeds=s.seeds)))
     return run_sweep(store, final_runs, run_fn=fn, executor=executor, sweep=f"md-{plan.scale}",
-                     on_event=on_event, retry_failed=retry_failed)
+                     on_event=on_event, retry_failed=retry_failed, **extra)
