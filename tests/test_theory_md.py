@@ -1,4 +1,4 @@
-"""The memorization-dilation model (our reconstruction, paper-notes section 3)."""
+"""The memorization-dilation model (our reconstruction, docs/theory-md-model.md)."""
 
 from __future__ import annotations
 
@@ -64,8 +64,10 @@ def test_memorization_and_dilation_grow_with_noise(loss, alpha):
 def _reduced_binary_objective(a, p, x, y, *, eta, lam, alpha):
     """Independent formula for N = 2, d = 2 under the class-swap symmetry (our derivation).
 
-    W = a [[1, -1], [-1, 1]], h_0 = (p, 0), h_1 = (0, p), noisy feature of class 0 = (x, y)
-    (class 1: (y, x)), r = lam * ||(x - p, y)||; binary LS(alpha) at gap g is
+    W = a [[1, -1], [-1, 1]], unshifted centres g_0 = (p, 0), g_1 = (0, p), unshifted noisy
+    feature of class 0 = (x, y) (class 1: (y, x)), r = lam * ||(x - p, y)||; the positivity
+    shift adds r to every coordinate (h_0 = (p + r, r), f = (x + r, y + r)): logit-neutral
+    since W 1 = 0, so it only enters the regularizer. Binary LS(alpha) at gap g is
     log(1 + e^{-g}) + alpha g / 2 (alpha = 0: CE).
     """
     def ell(g):
@@ -74,7 +76,7 @@ def _reduced_binary_objective(a, p, x, y, *, eta, lam, alpha):
     r = lam * np.sqrt((x - p) ** 2 + y**2)
     clean = 0.5 * (ell(2 * a * (p + r)) + ell(2 * a * (p - r)))
     noisy = ell(2 * a * (y - x))
-    reg = 2 * LW * a**2 + LH * K * ((1 - eta) * (p**2 + r**2) + eta * (x**2 + y**2))
+    reg = 2 * LW * a**2 + LH * K * ((1 - eta) * ((p + r) ** 2 + 2 * r**2) + eta * ((x + r) ** 2 + (y + r) ** 2))
     return (1 - eta) * clean + eta * noisy + reg
 
 

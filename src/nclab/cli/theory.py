@@ -25,6 +25,40 @@ def _floats(text: str, *, name: str) -> list[float]:
         raise  # unreachable
 
 
+def _wrapped_tables(title: str, headers, rows, *, keys: int, width: int) -> list:
+    """Split a wide table column-wise into stacked tables that each fit ``width``.
+
+    The first ``keys`` columns (the row's identity) repeat in every block; a column never
+    truncates (``overflow="fold"`` wraps it if even one block is too wide).
+    """
+    from rich import box
+    from rich.table import Table
+
+    # cell text + 2 padding + 1 separator; +2 for the table's outer edges
+    need = [max(len(h), *(len(r[i]) for r in rows)) + 3 for i, h in enumerate(headers)] if rows else \
+        [len(h) + 3 for h in headers]
+    base = sum(need[:keys]) + 2
+    blocks: list[list[int]] = [[]]
+    used = base
+    for i in range(keys, len(headers)):
+        if blocks[-1] and used + need[i] > width:
+            blocks.append([])
+            used = base
+        blocks[-1].append(i)
+        used += need[i]
+    tables = []
+    for n, block in enumerate(blocks):
+        cols = list(range(keys)) + block
+        part = f" ({n + 1}/{len(blocks)})" if len(blocks) > 1 else ""
+        table = Table(title=title + part, title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1))
+        for i in cols:
+            table.add_column(headers[i], justify="right", overflow="fold")
+        for r in rows:
+            table.add_row(*(r[i] for i in cols))
+        tables.append(table)
+    return tables
+
+
 def register(app: typer.Typer) -> None:
     theory = typer.Typer(help="Theory: the unconstrained-features model and the memorization-dilation model.",
                          no_args_is_help=True)
@@ -97,11 +131,19 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed"),
         workers: int = typer.Option(1, "--workers", help="parallel processes"),
         test_noise: str = typer.Option("gaussian", "--test-noise", help="gaussian | sphere"),
+        constraint: str = typer.Option("hard", "--constraint",
+                                       help="hard: r >= λM exactly | soft: cost μ/2·max(0, λM − r)²"),
+        penalty: float = typer.Option(10.0, "--penalty", help="μ of the soft expressivity cost"),
         out: Path = typer.Option(Path("theory_md"), "--out", help="folder for the plots and rows.json"),
         as_json: bool = typer.Option(False, "--json", help="print the rows as JSON instead of a table"),
     ) -> None:
-        """Sweep the memorization-dilation model over η, α and λ; print a table, write plots."""
+        """Sweep the memorization-dilation model over η, α and λ; print a table, write plots.
+
+        Every row reports ``min_feature`` (>= 0: all modeled features are non-negative) and
+        whether the expressivity constraint binds (``constraint_binds``, ``expressivity_slack`` = D − λM).
+        """
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich import box
         from rich.table import Table
 
         from nclab.report.theory_plots import write_md_figures
@@ -114,7 +156,7 @@ def register(app: typer.Typer) -> None:
             name, _, val = spec.partition(":")
             losses.append((name, float(val) if val else None))
         common = dict(num_classes=classes, per_class=per_class, lambda_w=lambda_w, lambda_h=lambda_h,
-                      starts=starts, seed=seed, test_noise=test_noise)
+                      starts=starts, seed=seed, test_noise=test_noise, constraint=constraint, penalty=penalty)
         points = md_grid(etas=_floats(etas, name="etas"), losses=losses,
                          expressivities=_floats(expressivity, name="expressivity"), **common)
         # focal takes gamma, not alpha: route the value to the right keyword
@@ -126,10 +168,15 @@ def register(app: typer.Typer) -> None:
 
             for name, val in losses:
                 resolve_loss(name, gamma=val) if name == "focal" else resolve_loss(name, alpha=val)
+            from nclab.theory._md_numpy import CONSTRAINTS
             from nclab.theory.md_model import _check_md
 
             for p in points:
                 _check_md(classes, per_class, p["eta"], p["expressivity"], lambda_w, lambda_h, 0.0, starts, None)
+            if constraint not in CONSTRAINTS:
+                raise ValueError(f"--constraint must be one of {', '.join(CONSTRAINTS)}; got {constraint!r}")
+            if constraint == "soft" and not penalty > 0:
+                raise ValueError(f"--penalty must be > 0; got {penalty}")
         except ValueError as exc:
             fail(str(exc))
         with Progress(TextColumn("[bold]M-D sweep"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -143,15 +190,17 @@ def register(app: typer.Typer) -> None:
         if as_json:
             typer.echo(payload)
             return
-        table = Table(title=f"memorization-dilation model (N={classes}, ours: paper-notes §3)", title_justify="left")
-        for col in ("loss", "λ", "η", "M", "D", "D/Δh", "err", "fit", "loss", "ok", "spread"):
-            table.add_column(col, justify="right")
-        for r in rows:
-            table.add_row(r["loss_label"], f"{r['expressivity']:g}", f"{r['eta']:.3g}", f"{r['memorization']:.3g}",
-                          f"{r['dilation']:.3g}", f"{r['dilation_normalized']:.3g}", f"{r['test_error']:.3g}",
-                          f"{r['noisy_fit']:.2g}", f"{r['training_loss']:.3g}", "✓" if r["converged"] else "✗",
-                          f"{r['start_spread']:.0e}")
-        console.print(table)
+        title = (f"memorization-dilation model (N={classes}, {constraint} expressivity"
+                 f"{f', μ={penalty:g}' if constraint == 'soft' else ''}; our reconstruction)")
+        headers = ("loss fn", "λ", "η", "M", "D", "D/Δh", "test err", "noisy fit", "train loss",
+                   "min feat", "D−λM", "binds", "conv", "start spread")
+        cells = [(r["loss_label"], f"{r['expressivity']:g}", f"{r['eta']:.3g}", f"{r['memorization']:.3g}",
+                  f"{r['dilation']:.3g}", f"{r['dilation_normalized']:.3g}", f"{r['test_error']:.3g}",
+                  f"{r['noisy_fit']:.2g}", f"{r['training_loss']:.3g}", f"{r['min_feature']:.2g}",
+                  f"{r['expressivity_slack']:.1e}", "yes" if r["constraint_binds"] else "no",
+                  "✓" if r["converged"] else "✗", f"{r['start_spread']:.0e}") for r in rows]
+        for table in _wrapped_tables(title, headers, cells, keys=3, width=console.width):
+            console.print(table)
         for lam in sorted({r["expressivity"] for r in rows}):
             best = best_alpha_by_eta([r for r in rows if r["expressivity"] == lam])
             console.print(f"λ={lam:g} error-minimizing α by η: "

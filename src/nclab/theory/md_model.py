@@ -1,29 +1,48 @@
-"""The memorization-dilation (M-D) model — OUR reconstruction (paper-notes section 3).
+"""The memorization-dilation (M-D) model — OUR reconstruction (``docs/theory-md-model.md``).
 
-The paper's own statement of the model is not available to us; this is the formulation of
-``paper-notes.md`` section 3, made concrete as follows (every choice below is ours):
+The paper's own statement of the model is not available to us; this is the project's
+formulation, made concrete as follows (every choice below is ours):
 
 Data. N classes, K samples per class (K only scales the feature regularizer, as in the UFM),
 a fraction ``eta`` of each class mislabeled, the wrong label uniform over the other N-1 classes.
 
-Variables. Classifier ``W`` (N x d) [and bias ``b``]; class centres ``h_c >= 0`` (d-vectors);
-for every ordered pair c != c' the feature ``f_{cc'} = h_c + delta_{cc'} >= 0`` of the samples
-of true class c labelled c'; the dilation ``r >= 0``.
+Variables. Classifier ``W`` (N x d) [and bias ``b``]; unshifted class centres ``g_c >= 0``
+(d-vectors); for every ordered pair c != c' the unshifted feature ``e_{cc'} >= 0`` of the
+samples of true class c labelled c'; a scalar ``s >= 0``.
+
+Positivity (our choice; the model assumes non-negative features). Every modeled feature is
+shifted by ``r 1`` (1 = all-ones): centres ``h_c = g_c + r 1``, noisy features
+``f_{cc'} = e_{cc'} + r 1``. Then the clean spread points below satisfy
+``h_c - r e_j >= 0`` and all features are >= 0 by construction (``min_feature`` in every row
+checks it). The shift is the cheapest way to keep a mean-zero spread of radius r inside the
+positive orthant; it costs norm (the regularizer sees it) and is logit-neutral when
+``W 1 = 0`` (the symmetric binary solution). Alternatives (spreading only along feasible
+coordinates) make the objective non-smooth; we did not take them.
 
 Clean features. The clean samples of class c sit at the 2d points ``h_c +/- r e_j``
 (j = 1..d): spread by r around ``h_c`` with mean ``h_c`` (a degree-3 cubature of the sphere
-of radius r). The positivity constraint applies to centres and noisy features, not to these
-spread points (they describe a deviation, not a feature we solve for).
+of radius r).
 
-Memorization / dilation. ``M = sqrt(mean_{c != c'} ||delta_{cc'}||^2)`` (the RMS memorization),
-``D = r``. Limited expressivity: ``r >= lambda * M`` (enforced as ``r = lambda*M + s``, s >= 0).
+Memorization / dilation. ``M = sqrt(mean_{c != c'} ||f_{cc'} - h_c||^2)`` (the RMS
+memorization; equal to the RMS of ``e_{cc'} - g_c``, so M does not depend on r), ``D = r``.
+Limited expressivity, two variants (``constraint``):
+
+* ``"hard"``: ``r >= lambda * M``, enforced as ``r = lambda*M + s``. With nothing in the
+  objective rewarding dilation the bound is always active, so ``D = lambda M`` exactly and
+  the D-against-M slope is lambda for every loss.
+* ``"soft"``: ``r = s`` free, plus the cost ``(mu/2) max(0, lambda M - r)^2`` (``penalty`` = mu).
+  Then r settles where the loss's marginal cost of dilation balances the penalty, r <= lambda M,
+  so D/M can depend on the loss; mu -> infinity recovers ``"hard"``.
+
+Rows report ``expressivity_slack = r - lambda M`` and ``constraint_binds`` (slack <= 1e-6 max(1, r):
+hard: the bound is active; soft: the cost is active).
 
 Objective::
 
     (1 - eta) * mean_{c, points} L(W x + b, c) + eta * mean_{c != c'} L(W f_{cc'} + b, c')
     + (lambda_W/2)||W||^2 + (lambda_H/2) N K [ (1-eta) mean_c(||h_c||^2 + r^2)
                                                + eta mean_{c != c'} ||f_{cc'}||^2 ]
-    [+ (lambda_b/2)||b||^2]
+    [+ (lambda_b/2)||b||^2]  [+ (mu/2) max(0, lambda M - r)^2  (soft)]
 
 i.e. the UFM objective of ``nclab.theory.ufm`` evaluated on this structured feature set (at
 eta = 0, r = 0 it *is* the UFM objective of N classes with K samples each). ``L`` is any loss of
@@ -56,7 +75,7 @@ import torch
 from scipy.special import betainc, ndtr
 
 from nclab.seeding import numpy_generator
-from nclab.theory._md_numpy import ANALYTIC_LOSSES, MDObjective
+from nclab.theory._md_numpy import ANALYTIC_LOSSES, CONSTRAINTS, MDObjective
 from nclab.theory._solver import minimize_bounded, resolve_loss, torch_fg
 from nclab.theory.geometry import etf_error, orthogonal_frame_error
 
@@ -222,14 +241,15 @@ def _torch_parts(problem: MDObjective, choice) -> Callable[[torch.Tensor], tuple
     signs = torch.cat([eye, -eye])  # (2d, d): the directions +/- e_j
 
     def parts(t: torch.Tensor):
-        w, b, h, f, s = problem.split(t)
+        w, b, g, e, s = problem.split(t)
         if noisy:
-            delta = f - h[src]
+            delta = e - g[src]
             # tiny floor: sqrt is not differentiable at M = 0 (never optimal for eta > 0)
             mem = torch.sqrt((delta * delta).sum(dim=1).mean() + 1e-300)
         else:
             mem = torch.zeros((), dtype=t.dtype)
-        r = expressivity * mem + s
+        r = s if problem.soft else expressivity * mem + s
+        h = g + r  # the shift keeps every spread point h_c - r e_j >= 0
         pts = h[:, None, :] + r * signs[None, :, :]  # (N, 2d, d)
         logits = pts.reshape(-1, d) @ w.T
         if b is not None:
@@ -237,6 +257,7 @@ def _torch_parts(problem: MDObjective, choice) -> Callable[[torch.Tensor], tuple
         clean = choice.fn(logits, clean_labels)
         feat = (h * h).sum(dim=1).mean() + r * r
         if noisy:
+            f = e + r
             nlog = f @ w.T + (b if b is not None else 0.0)
             nloss = choice.fn(nlog, noisy_labels)
             data = (1 - eta) * clean + eta * nloss
@@ -247,6 +268,8 @@ def _torch_parts(problem: MDObjective, choice) -> Callable[[torch.Tensor], tuple
         obj = data + 0.5 * lambda_w * (w * w).sum() + 0.5 * lambda_h * n_cls * k * feat
         if b is not None:
             obj = obj + 0.5 * lambda_b * (b * b).sum()
+        if problem.soft:
+            obj = obj + 0.5 * problem.mu * torch.clamp(expressivity * mem - r, min=0.0) ** 2
         return obj, data, clean, nloss, mem, r
 
     return parts
@@ -275,6 +298,8 @@ def solve_md(
     test_noise: str = "gaussian",
     mc_samples: int = 200_000,
     backend: str = "auto",
+    constraint: str = "hard",
+    penalty: float = 10.0,
 ) -> MDResult:
     """Solve the M-D model (module docstring) from ``starts`` seeded random starts; keep the best.
 
@@ -287,8 +312,16 @@ def solve_md(
     LS in closed form, any other loss through torch autograd on the logits only), ``"torch"``
     (full torch autograd, the reference) or ``"auto"`` (numpy for CE/LS, torch otherwise). Both
     compute the same function; results agree to solver tolerance.
+
+    ``constraint``: ``"hard"`` enforces ``r >= lambda M`` exactly; ``"soft"`` replaces it by the
+    cost ``(penalty/2) max(0, lambda M - r)^2`` (module docstring), so r may fall below lambda M.
+    ``penalty`` is used by ``"soft"`` only.
     """
     _check_md(num_classes, per_class, eta, expressivity, lambda_w, lambda_h, lambda_b, starts, dim)
+    if constraint not in CONSTRAINTS:
+        raise ValueError(f"constraint must be one of {CONSTRAINTS}; got {constraint!r}")
+    if constraint == "soft" and not (math.isfinite(penalty) and penalty > 0):
+        raise ValueError(f"penalty (mu of the soft expressivity cost) must be a finite number > 0; got {penalty}")
     if test_noise not in TEST_NOISES:
         raise ValueError(f"test_noise must be one of {TEST_NOISES}; got {test_noise!r}")
     if backend not in BACKENDS:
@@ -300,7 +333,8 @@ def solve_md(
     if backend == "auto":
         backend = "numpy" if choice.key in ANALYTIC_LOSSES else "torch"
     problem = MDObjective(num_classes=n_cls, per_class=k, dim=d, eta=eta, expressivity=expressivity,
-                          lambda_w=lambda_w, lambda_h=lambda_h, bias=bias, lambda_b=lambda_b, loss=choice)
+                          lambda_w=lambda_w, lambda_h=lambda_h, bias=bias, lambda_b=lambda_b, loss=choice,
+                          constraint=constraint, penalty=penalty)
     if backend == "numpy":
         fg, parts = problem.fg, problem.parts
     else:
@@ -315,7 +349,7 @@ def solve_md(
     pairs = [(c, cp) for c in range(n_cls) for cp in range(n_cls) if cp != c]
     nw, nb, nc, nf = problem.nw, problem.nb, problem.nc, problem.nf
     lower = np.full(problem.size, -np.inf)
-    lower[nw + nb :] = 0.0  # centres, noisy features and the slack s are >= 0
+    lower[nw + nb :] = 0.0  # unshifted centres g, noisy features e and s are >= 0
     upper = np.full(problem.size, np.inf)
     split = problem.split
     outs = []
@@ -329,7 +363,8 @@ def solve_md(
         out = minimize_bounded(fg, x0, lower=lower, upper=upper, tol=tol, max_iter=max_iter)
         outs.append((out, list(parts(out.x))))
     best, (obj, data, clean, nloss, mem, r) = min(outs, key=lambda o: o[0].fun)
-    w, b, h, f, _ = split(best.x)
+    w, b, _, _, _ = split(best.x)
+    h, f, _, _ = problem.features(best.x)
     feats = np.repeat(h[:, None, :], n_cls, axis=1)
     if noisy:
         for i, (c, cp) in enumerate(pairs):
@@ -345,6 +380,11 @@ def solve_md(
         fit = float(np.mean(nlog.argmax(axis=1) == np.array([cp for _, cp in pairs])))
     else:
         fit = float("nan")
+    # every modeled feature, computed literally (a check on the parameterization, not a restatement)
+    spread = (h[:, None, :] - r * np.eye(d)[None, :, :]).ravel()
+    min_feature = float(min(spread.min(), h.min(), f.min() if noisy else np.inf))
+    slack = float(r - expressivity * mem)
+    bind_tol = 1e-6 * max(1.0, r)
     hn = np.linalg.norm(h, axis=1)
     centre_dist = float(np.mean([np.linalg.norm(h[c] - h[cp]) for c, cp in pairs]))
     geometry = {
@@ -356,12 +396,18 @@ def solve_md(
         # scale-free versions: LS shrinks the whole configuration, so raw M and D mix scale and shape
         "memorization_normalized": mem / centre_dist if centre_dist > 0 else float("nan"),
         "dilation_normalized": r / centre_dist if centre_dist > 0 else float("nan"),
+        "min_feature": min_feature,
+        "expressivity_slack": slack,
+        # hard: r = lambda M (the bound is active); soft: r <= lambda M (the cost is pulling r up)
+        "constraint_binds": bool(noisy and slack <= bind_tol),
+        "dm_ratio": r / mem if mem > 0 else float("nan"),
     }
     settings = {
         "num_classes": n_cls, "per_class": k, "dim": d, "eta": float(eta), "expressivity": float(expressivity),
         "loss": choice.key, "alpha": choice.alpha if choice.key in ("ls", "lr") else 0.0,
         "loss_label": choice.label(), "lambda_w": lambda_w, "lambda_h": lambda_h, "bias": bias,
         "lambda_b": lambda_b, "starts": starts, "seed": seed, "test_noise": test_noise,
+        "constraint": constraint, "penalty": float(penalty) if constraint == "soft" else None,
     }
     return MDResult(
         settings=settings, memorization=mem, dilation=r, objective=obj, training_loss=data,
