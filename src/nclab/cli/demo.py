@@ -17,7 +17,7 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(Path("nclab-demo"), "--out", "-o", help="output directory"),
         alpha: float = typer.Option(0.1, "--alpha", help="label-smoothing alpha for the LS run"),
         noise: float = typer.Option(0.2, "--noise", help="symmetric label-noise rate (flip to another class)"),
-        seed: int = typer.Option(0, "--seed"),
+        seed: int = typer.Option(0, "--seed", help="seed of the noise, split, initialization and batches"),
         epochs: int = typer.Option(None, "--epochs", help="override the preset's epochs"),
         progress: bool = typer.Option(True, "--progress/--no-progress"),
     ) -> None:

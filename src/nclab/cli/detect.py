@@ -21,7 +21,7 @@ def register(app: typer.Typer) -> None:
                                   "(auto: combined when the run recorded dynamics, else features)"),
         k: int = typer.Option(10, "--k", help="neighbours for the knn score"),
         top: int = typer.Option(10, "--top", help="print this many most suspicious samples"),
-        device: str = typer.Option("cpu", "--device"),
+        device: str = typer.Option("cpu", "--device", help="torch device, e.g. cpu or cuda"),
     ) -> None:
         """Suspicion scores (no clean labels used) for every training sample, written as CSV."""
         from rich.table import Table

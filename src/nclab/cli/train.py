@@ -20,7 +20,7 @@ def register(app: typer.Typer) -> None:
         resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in the run directory."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Delete the run directory's nclab files first."),
         no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
-        max_epochs: Optional[int] = typer.Option(None, "--max-epochs", help="Stop after this epoch (resumable)."),
+        max_epochs: Optional[int] = typer.Option(None, "--max-epochs", help="Stop after this epoch (resumable) [default: the config's epochs]."),
     ) -> None:
         """Train one model under label noise; writes config, env, metrics.jsonl and checkpoints.
 
