@@ -8,6 +8,9 @@ are validated on assignment, and a model round-trips through YAML unchanged.
 from __future__ import annotations
 
 import difflib
+import re
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +22,41 @@ class ConfigError(ValueError):
     """A configuration that cannot be used, with a message a person can act on."""
 
 
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]*$")
+
+
+def safe_name(value: Any, *, what: str = "name") -> str:
+    """A name that is used as one path component (``runs/<name>``, ``sweeps/<name>``).
+
+    Letters, digits and ``. _ + = -``, starting with a letter or digit, at most 200
+    characters: no ``/``, no ``..``, no absolute path, so a name can never write outside
+    the folder it is joined to.
+    """
+    if not isinstance(value, str) or not value or len(value) > 200 or not _NAME.match(value) or ".." in value:
+        raise ValueError(
+            f"{what} {value!r} is not a valid name: use letters, digits and . _ + = - "
+            "(no '/', no '..', at most 200 characters); it becomes a folder name"
+        )
+    return value
+
+
+def _numeric_only(annotation: Any) -> bool:
+    """Whether a field's type admits int or float but not bool."""
+    args = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else (annotation,)
+    return bool is not annotation and bool not in args and any(a in (int, float) for a in args)
+
+
+def _list_of_numbers(annotation: Any) -> bool:
+    args = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else (annotation,)
+    return any(typing.get_origin(a) is list and _numeric_only(typing.get_args(a)[0] if typing.get_args(a) else Any)
+               for a in args)
+
+
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+    """Base of every config: unknown keys, booleans given for numbers and non-finite floats
+    are errors (YAML's ``true`` would otherwise count as 1, ``.inf`` would pass ``> 0``)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False, allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod
@@ -35,6 +71,15 @@ class StrictModel(BaseModel):
                     msg = f"unknown key {key!r} in {where}"
                     msg += f"; did you mean {hint[0]!r}?" if hint else f"; valid keys: {', '.join(sorted(known))}"
                     raise ConfigError(msg)
+            for key, value in data.items():
+                field = cls.model_fields.get(key)
+                if field is None:
+                    continue
+                if isinstance(value, bool) and _numeric_only(field.annotation):
+                    raise ConfigError(f"{key} must be a number, not a boolean ({str(value).lower()})")
+                if (isinstance(value, list) and any(isinstance(v, bool) for v in value)
+                        and _list_of_numbers(field.annotation)):
+                    raise ConfigError(f"{key} must hold numbers, not booleans ({value})")
         return data
 
 
@@ -42,8 +87,8 @@ def format_validation_error(err: ValidationError) -> str:
     """One line per problem: ``dotted.path: message``."""
     lines = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
-        lines.append(f"{loc}: {e['msg']}")
+        loc = ".".join(str(p) for p in e["loc"])
+        lines.append(f"{loc}: {e['msg']}" if loc else e["msg"])
     return "\n".join(lines)
 
 
@@ -82,7 +127,17 @@ def parse_overrides(items: list[str]) -> dict:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key=value (e.g. optim.lr=0.05)")
         key, raw = item.split("=", 1)
-        set_dotted(out, key.strip(), yaml.safe_load(raw))
+        if not key.strip():
+            raise ConfigError(f"override {item!r} has an empty key (e.g. optim.lr=0.05)")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError(
+                f"override {item!r}: the value {raw!r} is not valid YAML ({problem}); "
+                "quote it, e.g. --set 'key=\"text\"'"
+            ) from None
+        set_dotted(out, key.strip(), value)
     return out
 
 

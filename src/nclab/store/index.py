@@ -22,6 +22,19 @@ single-statement, conditional updates:
   gone or was reused) or its heartbeat is older than ``stale_after`` seconds (other hosts).
   A late ``complete`` from a reclaimed owner is then refused (the token no longer matches).
 
+A run that diverged (non-finite loss, parameters or logits) is finished but is not a result:
+``complete(..., outcome="diverged")`` stores it, and every read (``status_of``, ``counts``,
+``rows``, ``get``, ``table``) reports its status as ``"diverged"``, never ``"completed"``, so
+``rows(status="completed")`` and the exports leave it out and ``rows(status="diverged")``
+lists it. (On disk it is the row ``status='completed', outcome='diverged'``: the status column's
+CHECK predates the outcome, and this keeps old stores and read-only stores readable without a
+migration.) A diverged run is not retried: it would diverge again.
+
+``RunStore(root, readonly=True)`` (also chosen automatically when ``create=False`` and the
+store cannot be written) opens ``index.sqlite`` through a ``mode=ro`` URI and never sets WAL
+mode or writes anything, so reports and exports work on read-only media; if SQLite cannot
+even create its shared-memory file there, the database is opened as ``immutable``.
+
 Works on local disks; SQLite's WAL mode does not work over network file systems (NFS/SMB):
 share a store across machines through one driver (the Ray executor) instead.
 """
@@ -42,10 +55,17 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from nclab.store.files import to_json
 
-__all__ = ["RunStore", "Owner", "STATUSES", "pid_start_time", "pid_alive", "flatten"]
+__all__ = ["RunStore", "Owner", "STATUSES", "StoreError", "pid_start_time", "pid_alive", "flatten"]
 
-STATUSES: tuple[str, ...] = ("pending", "running", "completed", "failed")
+STATUSES: tuple[str, ...] = ("pending", "running", "completed", "failed", "diverged")
 SCHEMA_VERSION = 1
+
+# The status every read reports: a finished run whose outcome is "diverged" is not "completed".
+_STATUS = "(CASE WHEN runs.status = 'completed' AND runs.outcome = 'diverged' THEN 'diverged' ELSE runs.status END)"
+
+
+class StoreError(RuntimeError):
+    """A results store that cannot be opened or read (corrupt file, bad row), named in the message."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -149,21 +169,60 @@ class RunStore:
         considered dead (same-host claims are checked by pid, immediately).
     """
 
-    def __init__(self, root: str | Path, *, stale_after: float = 300.0, create: bool = True):
+    def __init__(self, root: str | Path, *, stale_after: float = 300.0, create: bool = True,
+                 readonly: bool = False):
         self.root = Path(root)
-        if not create and not (self.root / "index.sqlite").exists():
-            raise FileNotFoundError(f"no results store at {self.root} (missing {self.root / 'index.sqlite'})")
-        self.root.mkdir(parents=True, exist_ok=True)
         self.db_path = self.root / "index.sqlite"
+        if (not create or readonly) and not self.db_path.exists():
+            raise FileNotFoundError(f"no results store at {self.root} (missing {self.db_path})")
+        if self.root.exists() and not self.root.is_dir():
+            raise StoreError(f"results store {self.root} is a file, not a directory")
+        if self.db_path.exists() and not self.db_path.is_file():
+            raise StoreError(f"{self.db_path} is not a file")
+        if not create and not readonly:
+            # nothing to create: open read-only when this process cannot write the store
+            readonly = not (os.access(self.db_path, os.W_OK) and os.access(self.root, os.W_OK | os.X_OK))
+        self.readonly = readonly
+        if not readonly:
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"cannot create results store {self.root}: {exc.strerror or exc}") from None
         self.runs_dir = self.root / "runs"
         self.stale_after = float(stale_after)
         self._local = threading.local()
-        self._init_schema()
+        try:
+            self._init_schema()
+        except sqlite3.OperationalError as exc:
+            if create or readonly or not _is_readonly_error(exc):
+                raise StoreError(f"cannot open results store {self.db_path}: {exc}") from None
+            self.close()  # read-only media that os.access did not detect: read it read-only
+            self.readonly = True
+            self._init_schema()
 
     # ------------------------------------------------------------------ connection
+    def _connect_readonly(self) -> sqlite3.Connection:
+        uri = self.db_path.resolve().as_uri()
+        con = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=60.0, isolation_level=None)
+        try:
+            con.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+        except sqlite3.OperationalError:
+            # a WAL database on media where SQLite cannot create its -shm file: nobody can
+            # write there either, so reading it as immutable is safe
+            con.close()
+            con = sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, timeout=60.0, isolation_level=None)
+        return con
+
     def _con(self) -> sqlite3.Connection:
         con = getattr(self._local, "con", None)
         if con is None or getattr(self._local, "pid", None) != os.getpid():
+            if self.readonly:
+                con = self._connect_readonly()
+                con.row_factory = sqlite3.Row
+                con.execute("PRAGMA busy_timeout = 60000")
+                self._local.con = con
+                self._local.pid = os.getpid()
+                return con
             # one connection per thread and process: sqlite3 connections must not cross forks
             con = sqlite3.connect(self.db_path, timeout=60.0, isolation_level=None)
             con.row_factory = sqlite3.Row
@@ -192,7 +251,26 @@ class RunStore:
         return RunStore._Tx(self._con())
 
     def _init_schema(self) -> None:
+        try:
+            self._init_schema_unchecked()
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError) and _is_readonly_error(exc):
+                raise
+            raise StoreError(
+                f"{self.db_path} is not a readable nclab results store ({exc}); "
+                "restore it from a copy or start a new store"
+            ) from None
+
+    def _init_schema_unchecked(self) -> None:
         con = self._con()
+        if self.readonly:
+            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if not {"meta", "runs", "sweep_runs"} <= tables:
+                raise StoreError(f"{self.db_path} is not an nclab results store (tables: {sorted(tables)})")
+            row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            if row is not None and int(row[0]) != SCHEMA_VERSION:
+                raise RuntimeError(f"{self.db_path}: schema version {row[0]}, this nclab reads {SCHEMA_VERSION}")
+            return
         con.executescript(_SCHEMA)  # idempotent (IF NOT EXISTS); executescript commits itself
         with self._tx() as c:
             row = c.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
@@ -322,7 +400,7 @@ class RunStore:
         hs = list(hashes)
         for i in range(0, len(hs), 500):
             chunk = hs[i : i + 500]
-            q = f"SELECT hash, status FROM runs WHERE hash IN ({','.join('?' * len(chunk))})"
+            q = f"SELECT hash, {_STATUS} AS status FROM runs WHERE hash IN ({','.join('?' * len(chunk))})"
             out.update({r["hash"]: r["status"] for r in con.execute(q, chunk)})
         return out
 
@@ -330,7 +408,7 @@ class RunStore:
         """Number of runs per status (all runs, or only ``hashes``)."""
         out = dict.fromkeys(STATUSES, 0)
         if hashes is None:
-            for r in self._con().execute("SELECT status, COUNT(*) AS n FROM runs GROUP BY status"):
+            for r in self._con().execute(f"SELECT {_STATUS} AS status, COUNT(*) AS n FROM runs GROUP BY 1"):
                 out[r["status"]] = r["n"]
         else:
             for s in self.status_of(hashes).values():
@@ -354,7 +432,7 @@ class RunStore:
             conds.append("sweep_runs.sweep = ?")
             args.append(sweep)
         if status is not None:
-            conds.append("runs.status = ?")
+            conds.append(f"{_STATUS} = ?")
             args.append(status)
         if conds:
             q += " WHERE " + " AND ".join(conds)
@@ -420,9 +498,22 @@ def _field(obj: Any, name: str) -> Any:
 
 def _decode(r: sqlite3.Row) -> dict[str, Any]:
     d = dict(r)
-    d["config"] = json.loads(d["config"]) if d["config"] else {}
-    d["final"] = json.loads(d["final"]) if d["final"] else None
+    if d.get("status") == "completed" and d.get("outcome") == "diverged":
+        d["status"] = "diverged"  # see the module docstring
+    for key, empty in (("config", {}), ("final", None)):
+        try:
+            d[key] = json.loads(d[key]) if d[key] else empty
+        except (TypeError, ValueError) as exc:
+            raise StoreError(
+                f"run {d.get('hash')} ({d.get('name')}) in the results store has a corrupt {key!r} column "
+                f"(not JSON: {exc}); re-run it or delete its row"
+            ) from None
     return d
+
+
+def _is_readonly_error(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return any(k in text for k in ("readonly", "read-only", "unable to open", "disk i/o error"))
 
 
 def _columns(recs: list[dict[str, Any]]) -> list[str]:

@@ -7,18 +7,30 @@
       env.json                 versions, seed, device, git commit, hostname
       metrics.jsonl            one flat record per evaluation
       noise.npz                noisy/clean labels, transition, train/val indices
-      status.json              completed | stopped | diverged, with the last epoch
-      checkpoints/last.pt      (+ last.pt.json: sha256, epoch, config hash)
+      status.json              completed | stopped | diverged | interrupted, with the last epoch
+      checkpoints/last.pt      record line (sha256, epoch, config hash) + weights, one atomic file
+      .nclab.lock              advisory lock of the process writing the run (pid, host, start)
+
+Only one process writes a run directory at a time: :class:`RunLock` holds an OS
+advisory lock (``flock``) on ``.nclab.lock`` for the run's life. The kernel drops the
+lock when its process dies (kill -9 included), so a lock file left by a dead process
+is simply taken over; a second live process gets :class:`RunLockError` naming the
+holder's pid.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import io
+import json
 import os
 import platform
+import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +39,7 @@ import torch
 import yaml
 
 from nclab.config import ConfigError
-from nclab.store.files import atomic_write_bytes, atomic_write_json, atomic_write_text
+from nclab.store.files import atomic_write_bytes, atomic_write_json, atomic_write_text, check_npz, write_all
 from nclab.train.config import TrainConfig
 
 CONFIG = "config.yaml"
@@ -38,12 +50,149 @@ FEATURES = "features.npz"
 STATUS = "status.json"
 CHECKPOINT = Path("checkpoints") / "last.pt"
 
-# Files this module writes; ``overwrite`` removes exactly these, never anything else.
-_OWNED = (CONFIG, ENV, METRICS, NOISE, FEATURES, STATUS, str(CHECKPOINT), str(CHECKPOINT) + ".json")
+LOCK = ".nclab.lock"
+
+# A folder holding any of these is an nclab run: ``overwrite`` may empty it.
+_MARKERS = (CONFIG, ENV, METRICS, NOISE, FEATURES, STATUS, "checkpoints", "dynamics")
 
 
 class RunDirError(ConfigError):
     """A run directory that cannot be used as asked (different config, existing run...)."""
+
+
+class RunLockError(RunDirError):
+    """The run directory is locked by another live process (``pid`` names it, when known)."""
+
+    def __init__(self, message: str, *, pid: int | None = None):
+        super().__init__(message)
+        self.pid = pid
+
+
+def ensure_run_dir(run_dir: str | Path) -> Path:
+    """Create ``run_dir`` (and parents) or raise ``RunDirError`` saying why it cannot be used
+    (a file in the way, no permission, read-only file system)."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"run directory {run_dir} is a file, not a directory; choose another --run-dir")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise RunDirError(f"cannot create run directory {run_dir}: a parent of it is a file") from None
+    except OSError as exc:
+        raise RunDirError(f"cannot create run directory {run_dir}: {exc.strerror or exc}") from None
+    return run_dir
+
+
+class RunLock:
+    """Exclusive advisory lock on a run directory, held from :meth:`acquire` to :meth:`release`.
+
+    Use as ``with RunLock(run_dir): ...``. The lock is ``flock(LOCK_EX | LOCK_NB)`` on
+    ``run_dir/.nclab.lock``; the file records the holder (pid, host, start time, what) for
+    the error message of a second process. The kernel releases the lock when the holder
+    exits or is killed, so a stale file from a dead process never blocks anyone. Not
+    re-entrant: a second ``RunLock`` on the same folder fails even in the same process.
+    Local file systems only (``flock`` over NFS may not exclude other hosts).
+    """
+
+    def __init__(self, run_dir: str | Path, *, what: str = "train"):
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / LOCK
+        self.what = what
+        self._fd: int | None = None
+        self.previous: dict | None = None  # the record of the last holder, when one was taken over
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self) -> "RunLock":
+        if self._fd is not None:
+            raise RuntimeError(f"RunLock on {self.run_dir} is already held by this object")
+        ensure_run_dir(self.run_dir)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise RunDirError(f"cannot write to run directory {self.run_dir}: {exc.strerror or exc}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = _read_holder(fd)
+            os.close(fd)
+            if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise RunDirError(f"cannot lock run directory {self.run_dir}: {exc.strerror or exc}") from None
+            pid = holder.get("pid") if isinstance(holder.get("pid"), int) else None
+            who = f"pid {pid}" if pid is not None else "a process whose pid is not recorded yet"
+            if pid == os.getpid():
+                who += " (this process)"
+            extra = ", ".join(f"{k} {holder[k]}" for k in ("host", "what", "started") if holder.get(k))
+            raise RunLockError(
+                f"run directory {self.run_dir} is in use by {who}{' (' + extra + ')' if extra else ''}; "
+                "wait for it to finish or stop it, or choose another run directory",
+                pid=pid,
+            ) from None
+        try:
+            self.previous = _read_holder(fd) or None
+            info = {"pid": os.getpid(), "host": socket.gethostname(), "what": self.what,
+                    "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+            write_all(fd, (json.dumps(info) + "\n").encode())
+        except OSError:
+            pass  # the record is only for messages; the lock itself is held
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        """Drop the lock (the file stays: deleting it would let two processes lock two inodes)."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            finally:
+                os.close(fd)
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _read_holder(fd: int) -> dict:
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        raw = os.read(fd, 4096)
+        info = json.loads(raw.decode() or "{}")
+        return info if isinstance(info, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def clear_run_dir(run_dir: Path) -> None:
+    """Delete everything in an nclab run directory except the lock file (``overwrite``).
+
+    Refuses a folder that holds files but none of nclab's (a mistyped ``--run-dir``
+    must not delete someone's data). The checkpoint goes first, so an interrupted
+    clear never leaves a resumable-looking half run; ``config.yaml`` goes last.
+    """
+    entries = [p for p in run_dir.iterdir() if p.name != LOCK]
+    if entries and not any((run_dir / m).exists() for m in _MARKERS):
+        names = ", ".join(sorted(p.name for p in entries)[:5])
+        raise RunDirError(
+            f"refusing to overwrite {run_dir}: it holds files nclab did not write ({names}); "
+            "choose an empty folder or an nclab run directory"
+        )
+    order = {"checkpoints": 0, CONFIG: 2}
+    for p in sorted(entries, key=lambda q: order.get(q.name, 1)):
+        try:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise RunDirError(f"cannot remove {p} to overwrite the run: {exc.strerror or exc}") from None
 
 
 def prepare_run_dir(run_dir: Path, config: TrainConfig, *, resume: bool, overwrite: bool) -> bool:
@@ -52,18 +201,19 @@ def prepare_run_dir(run_dir: Path, config: TrainConfig, *, resume: bool, overwri
     - empty / new folder: fresh run;
     - holds ``config.yaml`` of a *different* config: refused unless ``overwrite``;
     - holds a run of the same config: ``resume`` continues it, otherwise refused
-      unless ``overwrite`` (which deletes nclab's files there and starts over).
+      unless ``overwrite`` (which deletes everything of the old run, ``dynamics/`` and
+      derived files included, see :func:`clear_run_dir`, and starts over).
+
+    Call it while holding :class:`RunLock` on ``run_dir``.
     """
     if resume and overwrite:
         raise RunDirError("choose either resume or overwrite, not both")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    ensure_run_dir(run_dir)
+    if not os.access(run_dir, os.W_OK | os.X_OK):
+        raise RunDirError(f"run directory {run_dir} is not writable")
     cfg_path = run_dir / CONFIG
     if overwrite:
-        for name in _OWNED:
-            try:
-                os.unlink(run_dir / name)
-            except FileNotFoundError:
-                pass
+        clear_run_dir(run_dir)
         return False
     if not cfg_path.exists():
         if resume:
@@ -145,5 +295,68 @@ def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 
 def load_npz(path: Path) -> dict[str, np.ndarray]:
-    with np.load(path, allow_pickle=False) as f:
-        return {k: f[k] for k in f.files}
+    """The arrays of an ``.npz`` (no pickles; headers checked against the file's size first)."""
+    check_npz(path)
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+    except (ValueError, OSError, EOFError, MemoryError) as exc:
+        raise ValueError(f"{path} is not a readable .npz file: {exc}") from None
+
+
+class StopSignals:
+    """SIGINT/SIGTERM as a request to stop cleanly (for the command line; opt-in).
+
+    While active (``with StopSignals(enabled=True) as sig``), the first SIGINT or
+    SIGTERM only sets ``sig.signum`` and prints one line; the training loop checks it
+    after each epoch, writes a checkpoint and ``status.json`` = ``interrupted`` and
+    returns. A second signal raises ``KeyboardInterrupt`` at once (the epoch in flight
+    is abandoned; the last checkpoint stays). Handlers are installed only in the main
+    thread and restored on exit; disabled, nothing changes (a library caller keeps
+    Python's default ``KeyboardInterrupt``).
+    """
+
+    def __init__(self, *, enabled: bool = True):
+        self.enabled = enabled
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    @property
+    def exit_code(self) -> int:
+        """The shell convention 128 + signal number (130 SIGINT, 143 SIGTERM); 0 without a signal."""
+        return 128 + self.signum if self.signum else 0
+
+    @property
+    def name(self) -> str:
+        import signal
+
+        return signal.Signals(self.signum).name if self.signum else ""
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        import signal
+
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        msg = (f"\nnclab: {signal.Signals(signum).name} received: finishing the current epoch, then writing a "
+               "checkpoint (send it again to stop at once)\n")
+        try:
+            os.write(2, msg.encode())
+        except OSError:
+            pass
+
+    def __enter__(self) -> "StopSignals":
+        import signal
+        import threading
+
+        if self.enabled and threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import signal
+
+        for s, old in self._old.items():
+            signal.signal(s, old)
+        self._old.clear()
