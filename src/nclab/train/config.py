@@ -41,11 +41,14 @@ def _in_range(value: float, lo: float, hi: float, *, name: str, hi_open: bool = 
 
 
 class DatasetConfig(StrictModel):
-    """Which data: a registered dataset, a class subset, per-class subsampling, preprocessing."""
+    """Which data: a registered dataset (or ``npz`` with ``path``), a class subset, per-class
+    subsampling, preprocessing. ``classes``: null = all classes of the dataset; an int C keeps
+    labels 0..C-1 (the paper's binary task is ``classes: 2``); a list keeps those ids."""
 
     name: str = "digits"
     data_dir: str | None = None
-    classes: int | list[int] | None = 2  # int C -> labels 0..C-1 (paper: binary {0, 1})
+    path: str | None = None  # the file of dataset npz (x, y[, x_test, y_test, clean_y]); passed to registered loaders
+    classes: int | list[int] | None = None  # null = all classes (no silent subset)
     per_class: int | None = None
     preprocess: Literal["native", "paper"] = "native"
     val_fraction: float = 0.0  # held out from the NOISY training set (stream "split")
@@ -182,7 +185,9 @@ class ModelConfig(StrictModel):
             if self.feature_dim is not None:
                 opts["feature_dim"] = self.feature_dim
             return opts
-        return dict(width_multiplier=self.width_multiplier)
+        if self.name == "resnet18":
+            return dict(width_multiplier=self.width_multiplier)
+        return {}  # a model registered with nclab.models.register_model: options bound in its factory
 
 
 class OptimConfig(StrictModel):
@@ -321,6 +326,21 @@ class TrainConfig(StrictModel):
         if v < 0:
             raise ValueError(f"seed must be >= 0; got {v}")
         return v
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        from nclab.config import safe_name
+
+        return safe_name(v, what="name")  # the default run dir is runs/<name>: one path component
+
+    @model_validator(mode="after")
+    def _batch_norm_batch(self) -> "TrainConfig":
+        # BatchNorm cannot normalise one sample in train mode: fail now, not mid-run
+        if self.batch_size == 1 and (self.model.name == "resnet18" or self.model.batch_norm):
+            raise ValueError("batch_size 1 cannot train a model with BatchNorm; use batch_size >= 2 "
+                             "or model.batch_norm=false (mlp, cnn)")
+        return self
 
     @classmethod
     def from_sources(

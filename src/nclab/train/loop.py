@@ -11,6 +11,7 @@ optimizer and batch-generator state go to ``checkpoints/last.pt``.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ from nclab.models import build_model
 from nclab.seeding import numpy_generator, torch_generator
 from nclab.store.files import append_jsonl, atomic_write_json, read_jsonl, truncate_jsonl
 from nclab.train import rundir
-from nclab.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, sidecar_path
+from nclab.train.checkpoint import CheckpointError, checkpoint_info, load_checkpoint, save_checkpoint
 from nclab.train.config import OptimConfig, TrainConfig
 from nclab.train.evaluate import collect_outputs, evaluate_split
 from nclab.train.schedule import lr_at
@@ -42,9 +43,11 @@ class RunResult:
     """Outcome of :func:`train`.
 
     ``status``: ``"completed"`` (all ``config.epochs`` done), ``"stopped"`` (ended
-    early by ``max_epochs``; resumable) or ``"diverged"`` (non-finite loss or
-    parameters; the last good checkpoint is kept). ``history`` holds every record
-    of ``metrics.jsonl`` (earlier sessions included), ``final`` the last one.
+    early by ``max_epochs``; resumable), ``"diverged"`` (non-finite loss, parameters
+    or logits in epoch ``diverged_epoch``; the last good checkpoint is kept) or
+    ``"interrupted"`` (SIGINT/SIGTERM with ``handle_signals``; ``signum`` says which;
+    resumable). ``history`` holds every record of ``metrics.jsonl`` (earlier sessions
+    included), ``final`` the last one (None when no epoch was evaluated).
     """
 
     run_dir: Path
@@ -54,6 +57,8 @@ class RunResult:
     status: str
     epoch: int
     message: str = ""
+    diverged_epoch: int | None = None
+    signum: int | None = None
 
 
 @dataclass
@@ -91,23 +96,49 @@ def _metric_clean(noisy: np.ndarray, clean: np.ndarray, label_to_class: np.ndarr
     return np.where(label_to_class[noisy] == clean, noisy, clean).astype(np.int64)
 
 
-def prepare_data(config: TrainConfig, device: torch.device) -> RunData:
+def _own_noise(noisy: np.ndarray, clean: np.ndarray, num_classes: int):
+    """The labels of data that bring their own noise (``clean_y``): nothing is injected."""
+    from nclab.noise import NoisyLabels
+
+    counts = np.zeros((num_classes, num_classes))
+    np.add.at(counts, (clean, noisy), 1)
+    rows = counts.sum(axis=1, keepdims=True)
+    return NoisyLabels(noisy=noisy.copy(), clean=clean.copy(), num_classes=num_classes, clean_num_classes=num_classes,
+                       label_to_class=np.arange(num_classes, dtype=np.int64), spec={"kind": "dataset", "rate": None},
+                       target_transition=np.divide(counts, rows, out=np.eye(num_classes), where=rows > 0))
+
+
+def prepare_data(config: TrainConfig, device: torch.device, *, dataset: Any = None) -> RunData:
     """Load the dataset, apply label noise (stream ``noise``; latent classes: ``latent``),
-    split off a validation part of the noisy training set (stream ``split``)."""
-    from nclab.data import load_dataset, train_val_split
+    split off a validation part of the noisy training set (stream ``split``).
+
+    ``dataset`` (in-memory data: an ``nclab.data.ArrayDataset``, a mapping with its keys,
+    ``(x, y)`` or ``DatasetSplits``) replaces loading ``config.dataset.name``; ``classes``
+    and ``per_class`` still apply. Data with their own ``clean_y`` take no injected noise."""
+    from nclab.data import from_arrays, load_dataset, train_val_split
     from nclab.noise import latent_classes, make_noise
 
     d, nz = config.dataset, config.noise
-    splits = load_dataset(
-        d.name, data_dir=d.data_dir, classes=d.classes, per_class=d.per_class,
-        preprocess=d.preprocess, seed=config.seed, download=d.download, options=d.options or None,
-    )
+    if dataset is not None:
+        splits = from_arrays(dataset, name="python", classes=d.classes, per_class=d.per_class, seed=config.seed)
+    else:
+        splits = load_dataset(
+            d.name, data_dir=d.data_dir, classes=d.classes, per_class=d.per_class,
+            preprocess=d.preprocess, seed=config.seed, download=d.download, options=d.options or None,
+            path=d.path,
+        )
     y = np.asarray(splits.train_y, dtype=np.int64)
-    nl = make_noise(
-        y, kind=nz.kind, rate=nz.rate, num_classes=splits.num_classes,
-        generator=numpy_generator(config.seed, "noise"), exact=nz.exact,
-        transition=nz.transition, pairs=nz.pairs,
-    )
+    if splits.train_clean_y is not None:
+        if nz.kind != "none" or nz.latent_fraction > 0:
+            raise ConfigError("the dataset brings its own noisy labels (clean_y); set noise.kind: none "
+                              "(or drop clean_y to inject noise into y)")
+        nl = _own_noise(y, np.asarray(splits.train_clean_y, dtype=np.int64), splits.num_classes)
+    else:
+        nl = make_noise(
+            y, kind=nz.kind, rate=nz.rate, num_classes=splits.num_classes,
+            generator=numpy_generator(config.seed, "noise"), exact=nz.exact,
+            transition=nz.transition, pairs=nz.pairs,
+        )
     if nz.latent_fraction > 0:
         nl = latent_classes(nl, fraction=nz.latent_fraction, generator=numpy_generator(config.seed, "latent"),
                             exact=nz.exact)
@@ -142,7 +173,8 @@ def prepare_data(config: TrainConfig, device: torch.device) -> RunData:
         label_to_class=t(l2c, torch.int64),
         noise_arrays=arrays,
         info={"n_train": len(train_idx), "n_val": len(val_idx), "n_test": int(splits.test_y.shape[0]),
-              "realized_noise_rate": nl.realized_rate, "class_names": list(splits.class_names)},
+              "realized_noise_rate": nl.realized_rate, "class_names": list(splits.class_names),
+              **({"source": "python"} if dataset is not None else {})},
     )
 
 
@@ -323,6 +355,9 @@ def train(
     overwrite: bool = False,
     progress: bool = True,
     max_epochs: int | None = None,
+    handle_signals: bool = False,
+    dataset: Any = None,
+    model: Any = None,
 ) -> RunResult:
     """Train one model as ``config`` says and record it in ``run_dir``.
 
@@ -332,24 +367,58 @@ def train(
     nclab's files in ``run_dir`` and starts over; without either, a ``run_dir``
     that already holds a run is refused. ``max_epochs`` stops after that epoch
     (status ``"stopped"``, resumable) — for time-boxed sessions and tests.
-    A non-finite loss or parameter stops the run with status ``"diverged"``,
-    keeping the last good checkpoint.
+    A non-finite loss, parameter or logit stops the run with status ``"diverged"``,
+    keeping the last good checkpoint. The run directory is locked
+    (:class:`~nclab.train.rundir.RunLock`) for the whole call: a second process gets
+    ``RunLockError`` naming this one's pid. ``handle_signals=True`` (the CLI) turns
+    the first SIGINT/SIGTERM into a clean stop after the current epoch: checkpoint,
+    ``status.json`` = ``interrupted``, status ``"interrupted"`` returned.
+
+    Your own data and model from Python: ``dataset`` — an ``nclab.data.ArrayDataset``
+    (``x``, ``y``, optional ``x_test``/``y_test``/``clean_y``/``class_names``), a mapping
+    with those keys, or ``(x, y)`` — replaces ``config.dataset.name`` (``classes`` and
+    ``per_class`` still apply; without test arrays 20 % is held out). ``model`` — an
+    ``nn.Module`` (trained from its current parameters) or a factory
+    ``factory(*, input_shape, num_classes[, generator])`` — replaces ``config.model``;
+    its forward returns logits (b×C) and its classifier is the last ``nn.Linear``
+    with C outputs (see ``nclab.models.make_model``). ``env.json`` records
+    ``data.source = "python"`` / ``data.model``; ``nclab detect`` and ``nclab analyze``
+    work on such runs from the run directory's files (``features.npz``, ``noise.npz``,
+    ``dynamics/``). Pass the same data and model again to resume.
     """
     if max_epochs is not None and max_epochs < 1:
         raise ValueError(f"max_epochs must be >= 1; got {max_epochs}")
-    with thread_scope(config.threads):
+    resolve_device(config.device)  # before touching the run directory
+    with thread_scope(config.threads), rundir.RunLock(run_dir), rundir.StopSignals(enabled=handle_signals) as sig:
         return _train(config, run_dir=Path(run_dir), resume=resume, overwrite=overwrite, progress=progress,
-                      max_epochs=max_epochs)
+                      max_epochs=max_epochs, signals=sig, dataset=dataset, user_model=model)
 
 
 def _train(config: TrainConfig, *, run_dir: Path, resume: bool, overwrite: bool, progress: bool,
-           max_epochs: int | None) -> RunResult:
+           max_epochs: int | None, signals: rundir.StopSignals | None = None, dataset: Any = None,
+           user_model: Any = None) -> RunResult:
     device = resolve_device(config.device)  # before touching the run directory
     resuming = rundir.prepare_run_dir(run_dir, config, resume=resume, overwrite=overwrite)
-    data = prepare_data(config, device)
+    data = prepare_data(config, device, dataset=dataset)
 
-    model = build_model(config.model.name, input_shape=data.input_shape, num_classes=data.num_classes,
-                        generator=torch_generator(config.seed, "init"), **config.model.options()).to(device)
+    try:
+        if user_model is not None:
+            from nclab.models import make_model
+
+            model = make_model(user_model, input_shape=data.input_shape, num_classes=data.num_classes,
+                               generator=torch_generator(config.seed, "init")).to(device)
+            data.info["model"] = f"python: {type(user_model).__name__}"
+        else:
+          model = build_model(config.model.name, input_shape=data.input_shape, num_classes=data.num_classes,
+                            generator=torch_generator(config.seed, "init"), **config.model.options()).to(device)
+    except (MemoryError, torch.OutOfMemoryError) as exc:
+        raise ConfigError(f"model {config.model.name!r} is too large for the memory of {device} ({exc}); "
+                          "choose a smaller model") from None
+    except RuntimeError as exc:
+        if "alloc" not in str(exc).lower():
+            raise
+        raise ConfigError(f"model {config.model.name!r} is too large for the memory of {device} "
+                          f"({str(exc).splitlines()[0]}); choose a smaller model") from None
     optimizer = make_optimizer(config.optim, model.parameters())
     loss_fn = get_loss(config.loss.name, **config.loss.params())
     batches = torch_generator(config.seed, "batches")
@@ -407,7 +476,9 @@ def _train(config: TrainConfig, *, run_dir: Path, resume: bool, overwrite: bool,
     end = config.epochs if max_epochs is None else min(config.epochs, max_epochs)
     if stopper.fired:
         end = start  # the run already stopped at its terminal phase: nothing left to train
-    status, message, epoch_done = "completed", "", start
+    status, message, epoch_done, diverged_epoch = "completed", "", start, None
+    # a kill from here on leaves "running" (with this pid), never a stale earlier outcome
+    atomic_write_json(run_dir / rundir.STATUS, {"status": "running", "epoch": start, "pid": os.getpid()})
     bar = _Progress(progress, config.epochs, start, config.name)
     t_session = time.perf_counter()
     try:
@@ -420,12 +491,8 @@ def _train(config: TrainConfig, *, run_dir: Path, resume: bool, overwrite: bool,
                                        batch_size=config.batch_size, generator=batches)
             epoch_time = time.perf_counter() - t0
             if not (np.isfinite(run_loss) and _finite_params(model)):
-                status = "diverged"
-                last = _ckpt_epoch(ckpt_path)
-                kept_msg = (f"kept the last good checkpoint (epoch {last}) in {ckpt_path}" if last is not None
-                            else "no checkpoint had been written yet")
-                message = (f"training diverged in epoch {epoch} (lr {lr:g}): the loss or the parameters became "
-                           f"non-finite; {kept_msg}. Lower optim.lr or add a schedule.")
+                status, diverged_epoch = "diverged", epoch
+                message = _diverged_message(epoch, lr, "the loss or the parameters", ckpt_path)
                 break
             record = None
             dyn_time = 0.0
@@ -470,6 +537,39 @@ def _train(config: TrainConfig, *, run_dir: Path, resume: bool, overwrite: bool,
             bar.update(epoch, record, run_loss)
             if fired:
                 break
+            if signals is not None and signals.signum is not None and epoch < end:
+                if epoch % config.checkpoint_every != 0:
+                    save_checkpoint(ckpt_path, {
+                        "epoch": epoch,
+                        "elapsed_s": elapsed + time.perf_counter() - t_session,
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "batch_rng": batches.get_state(),
+                        "stop": stopper.state(),
+                    }, config_hash=config.config_hash())
+                status = "interrupted"
+                message = (f"interrupted by {signals.name} after epoch {epoch} of {config.epochs}; checkpoint "
+                           f"saved in {ckpt_path}; resume with --resume --run-dir {run_dir}")
+                break
+    except (ValueError, RuntimeError):
+        # finite weights can still give non-finite eval-mode logits (BatchNorm running statistics):
+        # that is divergence, not bad input; checked only here, so it costs nothing per epoch
+        if _finite_logits(model, data.x_train, batch_size=config.eval_batch_size):
+            raise
+        status, diverged_epoch = "diverged", epoch
+        message = _diverged_message(epoch, lr, "the logits", ckpt_path)
+    except KeyboardInterrupt:
+        # abandoned mid-epoch (a second signal, or Ctrl-C without handle_signals): the last checkpoint stays
+        last = _ckpt_epoch(ckpt_path)
+        status, epoch_done = "interrupted", last if last is not None else start
+        message = (f"interrupted during epoch {epoch_done + 1}; the last checkpoint (epoch {epoch_done}) is kept; "
+                   f"resume with --resume --run-dir {run_dir}")
+        atomic_write_json(run_dir / rundir.STATUS, {"status": status, "epoch": epoch_done, "message": message})
+        if signals is None or signals.signum is None:
+            raise
+        history = read_jsonl(metrics_path)
+        return RunResult(run_dir=run_dir, config=config, history=history, final=history[-1] if history else None,
+                         status=status, epoch=epoch_done, message=message, signum=signals.signum)
     finally:
         bar.close()
     finished = epoch_done == config.epochs or stopper.fired
@@ -480,9 +580,12 @@ def _train(config: TrainConfig, *, run_dir: Path, resume: bool, overwrite: bool,
         message = f"stopped after epoch {epoch_done} of {config.epochs} (max_epochs); resume to continue"
     history = read_jsonl(metrics_path)
     stop_info = stopper.summary(finished_by_rule=stopper.fired) if finished else {}
-    atomic_write_json(run_dir / rundir.STATUS, {"status": status, "epoch": epoch_done, "message": message, **stop_info})
+    extra = {"diverged_epoch": diverged_epoch} if diverged_epoch is not None else {}
+    atomic_write_json(run_dir / rundir.STATUS, {"status": status, "epoch": epoch_done, "message": message,
+                                                **extra, **stop_info})
     return RunResult(run_dir=run_dir, config=config, history=history, final=history[-1] if history else None,
-                     status=status, epoch=epoch_done, message=message)
+                     status=status, epoch=epoch_done, message=message, diverged_epoch=diverged_epoch,
+                     signum=signals.signum if signals is not None and status == "interrupted" else None)
 
 
 _HEAD = ("epoch", "lr", "elapsed_s", "train_loss", "train_acc_noisy", "train_acc_clean", "test_loss", "test_acc",
@@ -496,6 +599,26 @@ def _ordered(record: dict[str, Any]) -> dict[str, Any]:
 
 def _ckpt_epoch(path: Path) -> int | None:
     try:
-        return int(json.loads(sidecar_path(path).read_text())["epoch"])
-    except (OSError, ValueError, KeyError):
+        return int(checkpoint_info(path)["epoch"])
+    except CheckpointError:
         return None
+
+
+@torch.no_grad()
+def _finite_logits(model: nn.Module, x: Tensor, *, batch_size: int) -> bool:
+    """Whether the eval-mode logits of ``x`` are all finite (a model with finite weights can
+    still overflow them; that is divergence, not bad input)."""
+    was = model.training
+    model.eval()
+    try:
+        return all(bool(torch.isfinite(model(x[i : i + batch_size])).all()) for i in range(0, x.shape[0], batch_size))
+    finally:
+        model.train(was)
+
+
+def _diverged_message(epoch: int, lr: float, what: str, ckpt_path: Path) -> str:
+    last = _ckpt_epoch(ckpt_path)
+    kept = (f"kept the last good checkpoint (epoch {last}) in {ckpt_path}" if last is not None
+            else "no checkpoint had been written yet")
+    return (f"training diverged in epoch {epoch} (lr {lr:g}): {what} became non-finite; {kept}. "
+            "Lower optim.lr or add a schedule.")
