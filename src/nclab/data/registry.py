@@ -107,15 +107,17 @@ class DatasetSplits:
     input_shape: tuple[int, ...]
     class_names: list[str]
     meta: dict = field(default_factory=dict)
+    train_clean_y: torch.Tensor | None = None  # the true training labels, when the data bring their own noise
 
     def to(self, device: str | torch.device) -> "DatasetSplits":
-        """A copy with the four tensors on ``device`` (e.g. to batch by index on the GPU)."""
+        """A copy with the tensors on ``device`` (e.g. to batch by index on the GPU)."""
         return dataclasses.replace(
             self,
             train_x=self.train_x.to(device),
             train_y=self.train_y.to(device),
             test_x=self.test_x.to(device),
             test_y=self.test_y.to(device),
+            train_clean_y=None if self.train_clean_y is None else self.train_clean_y.to(device),
         )
 
     def __repr__(self) -> str:
@@ -132,8 +134,9 @@ class _Raw:
     test_x: np.ndarray
     test_y: np.ndarray
     class_names: list[str]
-    scale: float | None  # divide by this to reach [0, 1]; None: already final values (synthetic)
+    scale: float | None  # divide by this to reach [0, 1]; None: already final values (synthetic, arrays)
     meta: dict
+    train_clean: np.ndarray | None = None  # true training labels when train_y is already noisy (arrays)
 
 
 # --------------------------------------------------------------------------- locations
@@ -242,8 +245,9 @@ def _cached(key: tuple, build: Callable[[], _Raw]) -> _Raw:
     """Parsed raw arrays are kept per process (read-only), keyed by path, mtime and size."""
     if key not in _PARSED:
         raw = build()
-        for a in (raw.train_x, raw.train_y, raw.test_x, raw.test_y):
-            a.setflags(write=False)
+        for a in (raw.train_x, raw.train_y, raw.test_x, raw.test_y, raw.train_clean):
+            if a is not None:
+                a.setflags(write=False)
         if len(_PARSED) >= _PARSED_MAX:
             _PARSED.pop(next(iter(_PARSED)))
         _PARSED[key] = raw
@@ -398,6 +402,174 @@ def _load_synthetic(*, data_dir, download, seed, options) -> _Raw:
                 {"source": "generated", "origin": "generated", "options": {**o, "shape": list(shape)}})  # fmt: skip
 
 
+
+# ------------------------------------------------------------------------ own arrays
+@dataclass
+class ArrayDataset:
+    """Your own data as arrays: what an ``npz`` file holds, what a registered loader returns,
+    and what ``nclab.train.train(config, dataset=...)`` accepts.
+
+    * ``x``: inputs, one row per sample, any trailing shape (``(n, d)`` for an MLP,
+      ``(n, C, H, W)`` for a CNN); used as given (cast to float32, no rescaling);
+    * ``y``: int class ids (n,) — the training labels (noisy ones, if the data bring their own noise);
+    * ``x_test`` / ``y_test``: optional, both or neither; without them a stratified
+      ``test_fraction`` (default 0.2) of the samples is held out (seed 0, stream
+      ``"arrays-split"``: the same split for every run);
+    * ``clean_y``: optional true labels for ``y`` (real-world noise with known truth);
+      then the run injects no noise (``noise.kind: none``) and memorization,
+      dilation and detection quality are measured against ``clean_y``;
+    * ``class_names``: optional; their number fixes C (default: largest label + 1).
+    """
+
+    x: Any
+    y: Any
+    x_test: Any = None
+    y_test: Any = None
+    clean_y: Any = None
+    class_names: Sequence[str] | None = None
+
+
+_ARRAY_KEYS = ("x", "y", "x_test", "y_test", "clean_y", "class_names")
+
+
+def _np(a: Any) -> np.ndarray:
+    if isinstance(a, torch.Tensor):
+        return a.detach().cpu().numpy()
+    return np.asarray(a)
+
+
+def as_array_dataset(data: Any, *, source: str = "arrays") -> ArrayDataset:
+    """An :class:`ArrayDataset` from one, from a mapping with its keys, or from a tuple ``(x, y)``."""
+    if isinstance(data, ArrayDataset):
+        return data
+    if isinstance(data, Mapping):
+        unknown = sorted(set(data) - set(_ARRAY_KEYS))
+        if unknown:
+            raise DataFormatError(f"{source}: unknown array(s) {unknown}; expected {', '.join(_ARRAY_KEYS)}")
+        for key in ("x", "y"):
+            if key not in data:
+                raise DataFormatError(f"{source}: missing array {key!r} (found: {', '.join(sorted(data)) or 'nothing'}); "
+                                      "x (inputs, one row per sample) and y (integer labels) are required")
+        return ArrayDataset(**dict(data))
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        return ArrayDataset(x=data[0], y=data[1])
+    raise TypeError(f"{source}: expected an ArrayDataset, a mapping with keys x, y[, x_test, y_test, clean_y, "
+                    f"class_names] or a tuple (x, y); got {type(data).__name__}")
+
+
+def _int_labels(a: Any, *, name: str, n: int | None, source: str) -> np.ndarray:
+    y = _np(a)
+    if y.ndim != 1:
+        raise DataFormatError(f"{source}: {name} must be a vector of class ids; got shape {y.shape}")
+    if n is not None and y.shape[0] != n:
+        raise DataFormatError(f"{source}: {name} has {y.shape[0]} entries but the inputs have {n} rows")
+    if y.dtype == bool or not np.issubdtype(y.dtype, np.integer):
+        raise DataFormatError(f"{source}: {name} must hold integer class ids; got dtype {y.dtype}")
+    if y.size and y.min() < 0:
+        raise DataFormatError(f"{source}: {name} has negative class ids (min {y.min()})")
+    return y.astype(np.int64)
+
+
+def _inputs(a: Any, *, name: str, source: str) -> np.ndarray:
+    x = _np(a)
+    if x.ndim < 2:
+        raise DataFormatError(f"{source}: {name} must have one row per sample and at least one feature "
+                              f"(shape (n, d) or (n, C, H, W)); got shape {x.shape}")
+    if not (np.issubdtype(x.dtype, np.number) or x.dtype == bool) or np.iscomplexobj(x):
+        raise DataFormatError(f"{source}: {name} must be real numbers; got dtype {x.dtype}")
+    x = x.astype(np.float32)
+    if not np.isfinite(x).all():
+        raise DataFormatError(f"{source}: {name} contains NaN or inf")
+    return x
+
+
+def _raw_from_arrays(data: Any, *, source: str, test_fraction: float = 0.2) -> _Raw:
+    """Validate an :class:`ArrayDataset` (or mapping/tuple) and hold out a test split if none is given."""
+    d = as_array_dataset(data, source=source)
+    x = _inputs(d.x, name="x", source=source)
+    n = x.shape[0]
+    y = _int_labels(d.y, name="y", n=n, source=source)
+    clean = None if d.clean_y is None else _int_labels(d.clean_y, name="clean_y", n=n, source=source)
+    if (d.x_test is None) != (d.y_test is None):
+        raise DataFormatError(f"{source}: give both x_test and y_test or neither")
+    if d.x_test is not None:
+        xt = _inputs(d.x_test, name="x_test", source=source)
+        if xt.shape[1:] != x.shape[1:]:
+            raise DataFormatError(f"{source}: x_test rows have shape {xt.shape[1:]} but x rows have {x.shape[1:]}")
+        yt = _int_labels(d.y_test, name="y_test", n=xt.shape[0], source=source)
+    found = max(int(a.max()) for a in (y, clean, yt if d.x_test is not None else None) if a is not None and a.size) + 1
+    names = [str(c) for c in d.class_names] if d.class_names is not None else [str(c) for c in range(found)]
+    if len(names) < found:
+        raise DataFormatError(f"{source}: labels go up to {found - 1} but only {len(names)} class_names are given")
+    if len(names) < 2:
+        raise DataFormatError(f"{source}: need at least 2 classes; the labels use {found}")
+    split = None
+    if d.x_test is None:
+        if not 0.0 < test_fraction < 1.0:
+            raise ValueError(f"test_fraction must lie in (0, 1); got {test_fraction}")
+        from nclab.data.split import train_val_split
+
+        tr, te = train_val_split(y, fraction=test_fraction, generator=numpy_generator(0, "arrays-split"))
+        tr, te = np.sort(np.asarray(tr)), np.sort(np.asarray(te))
+        # held-out labels are the truth when the data bring it
+        x, xt, yt, y = x[tr], x[te], (clean if clean is not None else y)[te], y[tr]
+        clean = None if clean is None else clean[tr]
+        split = {"test_fraction": test_fraction, "stratified": True, "seed": 0, "stream": "arrays-split"}
+    return _Raw(x, y, xt, yt, names, None,
+                {"source": source, "origin": "arrays", "kind": "arrays", "split": split,
+                 "own_noise": clean is not None}, train_clean=clean)  # fmt: skip
+
+
+def _load_npz(*, data_dir, download, seed, options) -> _Raw:
+    """Your arrays in one ``.npz`` file (``dataset: {name: npz, path: FILE}``): ``x``, ``y``
+    and optionally ``x_test``, ``y_test``, ``clean_y``, ``class_names`` (see
+    :class:`ArrayDataset`). Option: ``test_fraction`` (0.2; used without test arrays)."""
+    opts = _take_options("npz", options, {"path": None, "test_fraction": 0.2})
+    if opts["path"] is None:
+        raise ValueError("dataset 'npz' needs a file: dataset.path (CLI: dataset.path=FILE.npz)")
+    path = Path(opts["path"]).expanduser()
+    if not path.is_file():
+        raise DataNotFoundError(f"dataset 'npz': {path} does not exist or is not a file")
+
+    def build() -> _Raw:
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                arrays = {k: f[k] for k in f.files}
+        except ValueError as exc:  # object arrays, not an npz
+            raise DataFormatError(f"{path}: cannot be read as an .npz of plain arrays ({exc})") from None
+        except (OSError, EOFError) as exc:
+            raise DataFormatError(f"{path}: not a readable .npz file ({exc})") from None
+        if "class_names" in arrays:
+            arrays["class_names"] = [str(c) for c in arrays["class_names"].tolist()]
+        return _raw_from_arrays(arrays, source=str(path), test_fraction=float(opts["test_fraction"]))
+
+    return _cached(("npz", float(opts["test_fraction"]), *_file_key([path])), build)
+
+
+def _user_loader(name: str, loader: Callable[..., Any]) -> Callable[..., _Raw]:
+    import inspect
+
+    try:
+        params = inspect.signature(loader).parameters
+    except (TypeError, ValueError):
+        params = {}
+    takes_seed = "seed" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+    def load(*, data_dir, download, seed, options) -> _Raw:
+        opts = dict(options)
+        test_fraction = float(opts.pop("test_fraction", 0.2)) if "test_fraction" not in params else 0.2
+        if takes_seed:
+            opts["seed"] = seed
+        out = loader(**opts)
+        if isinstance(out, DatasetSplits):
+            raise TypeError(f"dataset {name!r}: the loader returned DatasetSplits; return an ArrayDataset or a "
+                            "mapping of arrays instead (nclab selects classes and subsamples itself)")
+        return _raw_from_arrays(out, source=f"dataset {name!r}", test_fraction=test_fraction)
+
+    load.__doc__ = getattr(loader, "__doc__", None) or f"{name}: registered with nclab.data.register_dataset"
+    return load
+
+
 DATASETS: dict[str, Callable[..., _Raw]] = {
     "digits": _load_digits,
     "fashion-mnist": _idx_loader("fashion-mnist", FASHION_MNIST_CLASSES),
@@ -405,7 +577,36 @@ DATASETS: dict[str, Callable[..., _Raw]] = {
     "cifar10": _load_cifar10,
     "svhn": _load_svhn,
     "synthetic": _load_synthetic,
+    "npz": _load_npz,
 }
+_BUILTIN = frozenset(DATASETS)
+_TAKES_PATH = {"npz"}  # datasets that read dataset.path
+
+
+def register_dataset(name: str, loader: Callable[..., Any], *, overwrite: bool = False) -> None:
+    """Make ``loader`` available as ``dataset: {name: NAME}`` (configs, ``load_dataset``, sweeps).
+
+    ``loader(**options)`` is called with the config's ``dataset.options``, plus
+    ``path=`` when ``dataset.path`` is set and ``seed=`` (the run's seed) when it has
+    a ``seed`` parameter; it returns an :class:`ArrayDataset` or a mapping with its
+    keys (``x``, ``y``, optional ``x_test``, ``y_test``, ``clean_y``,
+    ``class_names``). nclab then selects ``classes``, subsamples ``per_class`` and
+    validates shapes exactly as for built-in data. Registration lasts for this
+    process: runs trained on a registered dataset record it in ``config.yaml``,
+    and ``nclab detect`` / ``nclab analyze`` work on them from the run directory
+    alone. Built-in names cannot be replaced; ``overwrite=True`` replaces an
+    earlier registration.
+    """
+    if not isinstance(name, str) or not name.strip() or name != name.strip().lower():
+        raise ValueError(f"dataset name must be a non-empty lower-case string without surrounding spaces; got {name!r}")
+    if not callable(loader):
+        raise TypeError(f"loader must be callable; got {type(loader).__name__}")
+    if name in _BUILTIN or name in _ALIASES:
+        raise ValueError(f"{name!r} is a built-in dataset; choose another name")
+    if name in DATASETS and not overwrite:
+        raise ValueError(f"dataset {name!r} is already registered; pass overwrite=True to replace it")
+    DATASETS[name] = _user_loader(name, loader)
+    _TAKES_PATH.add(name)
 _ALIASES = {"fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist", "fmnist": "fashion-mnist",
             "cifar-10": "cifar10", "cifar_10": "cifar10"}  # fmt: skip
 
@@ -454,6 +655,7 @@ def load_dataset(
     seed: int = 0,
     download: bool = False,
     options: Mapping[str, Any] | None = None,
+    path: str | Path | None = None,
 ) -> DatasetSplits:
     """Load a registered dataset into memory as float32 tensors.
 
@@ -462,14 +664,45 @@ def load_dataset(
     given order; train and test alike) → keep up to ``per_class`` training samples per class
     (uniform, seeded by ``seed`` stream "data"; order preserved; test untouched) → ``preprocess``
     ("native" or "paper", see :mod:`nclab.data.preprocess`). ``options`` are dataset-specific
-    (synthetic: num_classes, train_per_class, ...; digits: test_fraction).
+    (synthetic: num_classes, train_per_class, ...; digits: test_fraction). ``path`` is the file
+    of ``npz`` (and is passed to registered loaders).
     """
     key = resolve_name(name)
+    opts = dict(options or {})
+    if path is not None:
+        if key not in _TAKES_PATH:
+            raise ValueError(f"dataset {key!r} reads no path (dataset.path); use data_dir for the folder of its files")
+        opts["path"] = str(path)
+    return _finish(DATASETS[key](data_dir=data_dir, download=download, seed=seed, options=opts), key,
+                   classes=classes, per_class=per_class, preprocess=preprocess, seed=seed)
+
+
+def from_arrays(
+    data: Any,
+    *,
+    name: str = "arrays",
+    classes: int | Sequence[int] | None = None,
+    per_class: int | None = None,
+    seed: int = 0,
+    test_fraction: float = 0.2,
+) -> DatasetSplits:
+    """In-memory data (an :class:`ArrayDataset`, a mapping with its keys, or ``(x, y)``) as
+    :class:`DatasetSplits`, with the same validation, class selection and per-class
+    subsampling as :func:`load_dataset`. Inputs are used as given (no preprocessing)."""
+    if isinstance(data, DatasetSplits):
+        return data
+    return _finish(_raw_from_arrays(data, source=name, test_fraction=test_fraction), name,
+                   classes=classes, per_class=per_class, preprocess="native", seed=seed)
+
+
+def _finish(raw: _Raw, key: str, *, classes, per_class, preprocess: str, seed: int) -> DatasetSplits:
     if preprocess not in pp.PRESETS:
         raise ValueError(f"unknown preprocess preset {preprocess!r}; valid: {', '.join(pp.PRESETS)}")
     if per_class is not None and (isinstance(per_class, bool) or not isinstance(per_class, (int, np.integer)) or per_class < 1):
         raise ValueError(f"per_class must be None or a positive integer; got {per_class!r}")
-    raw = DATASETS[key](data_dir=data_dir, download=download, seed=seed, options=dict(options or {}))
+    if preprocess == "paper" and raw.meta.get("kind") == "arrays":
+        raise ValueError(f"dataset {key!r}: preprocess 'paper' (resize to 32x32, 3 channels) is for the image "
+                         "datasets; your arrays are used as given (preprocess: native)")
     total = len(raw.class_names)
     keep = _class_list(classes, total)
 
@@ -481,6 +714,13 @@ def load_dataset(
         sub = subsample_per_class(lut[raw.train_y[tr_idx]], per_class=int(per_class), generator=numpy_generator(seed, "data"))
         tr_idx = tr_idx[sub]
     train_y, test_y = lut[raw.train_y[tr_idx]], lut[raw.test_y[te_idx]]
+    train_clean = None
+    if raw.train_clean is not None:
+        train_clean = lut[raw.train_clean[tr_idx]]
+        if (train_clean < 0).any():
+            lost = sorted(set(raw.train_clean[tr_idx][train_clean < 0].tolist()))
+            raise DataFormatError(f"dataset {key!r}: classes={keep} drops class(es) {lost} that clean_y gives to "
+                                  "kept samples; keep all classes the clean labels use")
     k = len(keep)
     for split, y in (("train", train_y), ("test", test_y)):
         present = np.bincount(y, minlength=k)
@@ -523,4 +763,5 @@ def load_dataset(
         input_shape=tuple(train_x.shape[1:]),
         class_names=[raw.class_names[c] for c in keep],
         meta=meta,
+        train_clean_y=None if train_clean is None else torch.from_numpy(train_clean),
     )

@@ -8,7 +8,15 @@ nn.Linear``. ``build_model`` initialises parameters from an explicit generator.
 from nclab.models.cnn import SmallCNN
 from nclab.models.init import init_parameters, materialize
 from nclab.models.mlp import ACTIVATIONS, MLP
-from nclab.models.registry import MODELS, ModelSpec, build_model
+from nclab.models.registry import (
+    MODELS,
+    FeatureAdapter,
+    ModelSpec,
+    as_feature_model,
+    build_model,
+    make_model,
+    register_model,
+)
 from nclab.models.resnet import BasicBlock, ResNet18
 
 __all__ = [
@@ -16,10 +24,14 @@ __all__ = [
     "MLP",
     "MODELS",
     "BasicBlock",
+    "FeatureAdapter",
     "ModelSpec",
     "ResNet18",
     "SmallCNN",
+    "as_feature_model",
     "build_model",
+    "make_model",
+    "register_model",
     "init_parameters",
     "materialize",
 ]

@@ -409,8 +409,8 @@ def _train(config: TrainConfig, *, run_dir: Path, resume: bool, overwrite: bool,
                                generator=torch_generator(config.seed, "init")).to(device)
             data.info["model"] = f"python: {type(user_model).__name__}"
         else:
-          model = build_model(config.model.name, input_shape=data.input_shape, num_classes=data.num_classes,
-                            generator=torch_generator(config.seed, "init"), **config.model.options()).to(device)
+            model = build_model(config.model.name, input_shape=data.input_shape, num_classes=data.num_classes,
+                                generator=torch_generator(config.seed, "init"), **config.model.options()).to(device)
     except (MemoryError, torch.OutOfMemoryError) as exc:
         raise ConfigError(f"model {config.model.name!r} is too large for the memory of {device} ({exc}); "
                           "choose a smaller model") from None
