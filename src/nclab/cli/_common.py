@@ -13,6 +13,43 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+# Exit codes of every nclab command (README: "Exit codes and faults").
+EXIT_OK = 0  # done (also: stopped by --max-epochs)
+EXIT_BUG = 1  # an unexpected error: a traceback, please report it
+EXIT_INPUT = 2  # bad input: config, arguments, run directory, checkpoint, data file
+EXIT_DIVERGED = 3  # training diverged (non-finite loss, parameters or logits)
+EXIT_IO = 4  # the system refused: disk full, read-only or unwritable path, out of memory
+EXIT_LOCKED = 5  # the run directory is in use by another live process
+# 130 / 143: interrupted by SIGINT / SIGTERM after writing a checkpoint (resumable)
+
+
+def os_error_message(exc: BaseException) -> str:
+    """One line for an ``OSError``/``MemoryError`` that names the cause and the path."""
+    import errno
+
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return f"out of memory: {str(exc).splitlines()[0] if str(exc) else 'allocation failed'}; use a smaller model or batch"
+    if not isinstance(exc, OSError):
+        return str(exc)
+    where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+    cause = {
+        errno.ENOSPC: "disk full (no space left on device)",
+        errno.EDQUOT: "disk quota exceeded",
+        errno.EROFS: "read-only file system",
+        errno.EACCES: "permission denied",
+        errno.EPERM: "operation not permitted",
+        errno.EISDIR: "is a directory",
+        errno.ENOTDIR: "a path component is not a directory",
+        errno.EEXIST: "already exists",
+    }.get(exc.errno)
+    import os
+
+    text = exc.strerror or str(exc)
+    if cause:
+        text = cause if exc.errno is not None and text == os.strerror(exc.errno) else f"{cause}: {text}"
+    return f"{text}{where}"
+
+
 def fail(message: str, code: int = 2) -> None:
     """Print a one-line error (no traceback) and exit."""
     err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)

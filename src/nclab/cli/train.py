@@ -25,13 +25,19 @@ def register(app: typer.Typer) -> None:
         """Train one model under label noise; writes config, env, metrics.jsonl and checkpoints.
 
         Exit codes: 0 done (or stopped by --max-epochs), 2 bad input (config, run directory,
-        checkpoint, data), 3 diverged (non-finite loss; the last good checkpoint is kept).
+        checkpoint, data), 3 diverged (non-finite loss, parameters or logits; the last good
+        checkpoint is kept), 4 disk full / unwritable / out of memory, 5 run directory in use by
+        another process, 130/143 interrupted by SIGINT/SIGTERM (checkpoint written; --resume).
         """
         from rich.console import Console
         from rich.table import Table
 
+        import torch
+
+        from nclab.cli._common import EXIT_IO, EXIT_LOCKED, os_error_message
         from nclab.config import ConfigError
         from nclab.train import CheckpointError, TrainConfig, train
+        from nclab.train.rundir import RunLockError
 
         from rich.markup import escape
 
@@ -48,10 +54,19 @@ def register(app: typer.Typer) -> None:
             cfg = TrainConfig.from_sources(config, set_)
             target = run_dir if run_dir is not None else Path("runs") / cfg.name
             result = train(cfg, run_dir=target, resume=resume, overwrite=overwrite, progress=not no_progress,
-                           max_epochs=max_epochs)
+                           max_epochs=max_epochs, handle_signals=True)
+        except RunLockError as exc:  # another live process holds the run directory
+            err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+            raise typer.Exit(EXIT_LOCKED) from None
         except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as exc:  # user-fixable input
             err.print(f"[bold red]error:[/] {escape(cli_wording(str(exc)))}", highlight=False)
             raise typer.Exit(2) from None
+        except (OSError, MemoryError, torch.OutOfMemoryError) as exc:  # disk full, read-only, no memory
+            err.print(f"[bold red]error:[/] {escape(os_error_message(exc))}", highlight=False)
+            raise typer.Exit(EXIT_IO) from None
+        except KeyboardInterrupt:  # before the trainer took over the signals (data loading)
+            err.print("[bold red]interrupted[/] before training started; nothing to resume", highlight=False)
+            raise typer.Exit(130) from None
         out = Console()
         table = Table(title=f"{cfg.name}: {result.status} at epoch {result.epoch}/{cfg.epochs}", show_header=False)
         final = result.final or {}
@@ -62,7 +77,17 @@ def register(app: typer.Typer) -> None:
         table.add_row("run dir", str(result.run_dir))
         out.print(table)
         if result.status == "diverged":
-            err.print(f"[bold red]{result.message}[/]", highlight=False)
+            err.print(f"[bold red]{escape(result.message)}[/]", highlight=False)
             raise typer.Exit(3)
+        if result.status == "interrupted":
+            import shlex
+
+            cmd = ["nclab", "train", *([str(config)] if config is not None else [])]
+            for item in set_:
+                cmd += ["--set", item]
+            cmd += ["--run-dir", str(target), "--resume"]
+            err.print(escape(result.message), highlight=False)
+            err.print(f"resume with: {escape(shlex.join(cmd))}", highlight=False)
+            raise typer.Exit(128 + (result.signum or 2))
         if result.message:
             out.print(result.message, highlight=False)
