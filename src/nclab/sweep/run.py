@@ -34,6 +34,8 @@ def train_run(config: dict, run_dir: str) -> dict:
             result = None
     if result is None:
         result = train(cfg, run_dir=rd, resume=False, overwrite=True, progress=False)
-    final = dict(result.final)
+    final = dict(result.final or {})  # None when the run diverged before its first evaluation
     final["status"] = result.status
+    if result.diverged_epoch is not None:
+        final["diverged_epoch"] = result.diverged_epoch
     return final
