@@ -22,7 +22,8 @@ def train_run(config: dict, run_dir: str) -> dict:
 
     if threads:
         torch.set_num_threads(int(threads))
-    from nclab.train import TrainConfig, train  # noqa: PLC0415
+    from nclab.train import CheckpointError, RunDirError, TrainConfig, train  # noqa: PLC0415
+    from nclab.train.rundir import RunLockError  # noqa: PLC0415
 
     cfg = TrainConfig.model_validate(config)
     rd = Path(run_dir)
@@ -30,8 +31,10 @@ def train_run(config: dict, run_dir: str) -> dict:
     if (rd / "checkpoints" / "last.pt").exists():
         try:
             result = train(cfg, run_dir=rd, resume=True, overwrite=False, progress=False)
-        except Exception:  # noqa: BLE001 - an unusable checkpoint: start over below
-            result = None
+        except RunLockError:
+            raise  # another live process trains it: never delete its files
+        except (CheckpointError, RunDirError):  # an unusable checkpoint: start over below
+            result = None  # (disk full, memory... propagate: the run is recorded as failed, files kept)
     if result is None:
         result = train(cfg, run_dir=rd, resume=False, overwrite=True, progress=False)
     final = dict(result.final or {})  # None when the run diverged before its first evaluation
