@@ -76,9 +76,29 @@ def _fmt_seconds(s: float) -> str:
     return f"{s // 3600}h{(s % 3600) // 60:02d}m"
 
 
-def _fail(msg: str) -> None:
+def _fail(msg: str, code: int = 2) -> None:
     typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
+    raise typer.Exit(code)
+
+
+def _open_store(root: Path, **kw: Any) -> Any:
+    """``RunStore(root, **kw)`` or a one-line error: 2 for a missing/corrupt store, 4 for I/O."""
+    from nclab.cli._common import EXIT_IO, os_error_message  # noqa: PLC0415
+    from nclab.store.index import RunStore  # noqa: PLC0415
+
+    try:
+        return RunStore(root, **kw)
+    except (FileNotFoundError, RuntimeError) as exc:
+        _fail(str(exc))
+    except OSError as exc:
+        _fail(f"results store {root}: {os_error_message(exc)}", EXIT_IO)
+
+
+def _io_fail(exc: BaseException, what: str) -> None:
+    """A disk-full / read-only / unwritable failure (exit 4) as one line."""
+    from nclab.cli._common import EXIT_IO, os_error_message  # noqa: PLC0415
+
+    _fail(f"{what}: {os_error_message(exc)}", EXIT_IO)
 
 
 def _print_summary(summary: Any, store: Any) -> None:
@@ -127,14 +147,20 @@ def register(app: typer.Typer) -> None:
                 typer.echo(f"{r.hash}  {r.name}  " + " ".join(f"{k}={v}" for k, v in r.varied.items()))
             typer.echo(f"{len(runs)} runs")
             return
-        store = RunStore(store_dir or Path("sweeps") / spec.name)
+        store = _open_store(store_dir or Path("sweeps") / spec.name)
         try:
             ex = make_executor(executor, workers=workers, ray_address=ray_address, num_cpus=num_cpus, num_gpus=num_gpus)
         except (RuntimeError, ValueError) as exc:
             _fail(str(exc))
         prog = SweepProgress(title=spec.name, enabled=not no_progress)
-        with ex:
-            summary = run_sweep(store, runs, run_fn=fn, executor=ex, sweep=spec.name, retry_failed=retry_failed, on_event=prog)
+        import sqlite3  # noqa: PLC0415
+
+        try:
+            with ex:
+                summary = run_sweep(store, runs, run_fn=fn, executor=ex, sweep=spec.name, retry_failed=retry_failed,
+                                    on_event=prog)
+        except (OSError, sqlite3.OperationalError) as exc:  # disk full, read-only store
+            _io_fail(exc, f"sweep {spec.name} (store {store.root})")
         _print_summary(summary, store)
         if summary.failed or summary.skipped_failed:
             raise typer.Exit(1)
@@ -147,12 +173,7 @@ def register(app: typer.Typer) -> None:
         sweep: Optional[str] = typer.Option(None, "--sweep", help="only this sweep's runs [default: every sweep]"),
     ) -> None:
         """Export the run table (config.* and final.* columns) to CSV or Parquet."""
-        from nclab.store.index import RunStore  # noqa: PLC0415
-
-        try:
-            store = RunStore(store_dir, create=False)
-        except FileNotFoundError as exc:
-            _fail(str(exc))
+        store = _open_store(store_dir, create=False)  # read-only when the store cannot be written
         st = None if status == "all" else status
         try:
             if out.suffix == ".parquet":
@@ -163,6 +184,8 @@ def register(app: typer.Typer) -> None:
                 _fail(f"--out must end in .csv or .parquet; got {out.name}")
         except (RuntimeError, ValueError) as exc:
             _fail(str(exc))
+        except OSError as exc:
+            _io_fail(exc, f"cannot write {out}")
         typer.echo(f"wrote {n} runs to {out}")
 
     _register_search(app)
@@ -265,7 +288,7 @@ def _register_study(app: typer.Typer) -> None:
                            f"noise.kind={c['noise']['kind']} noise.rate={c['noise']['rate']:g} loss={c['loss']['name']} "
                            f"seed={c['seed']} stop.train_acc={c['stop']['train_acc']} epochs={c['epochs']}")
             return
-        store = RunStore(store_dir)
+        store = _open_store(store_dir)
         ex = make_executor(executor, workers=workers, ray_address=ray_address, num_gpus=num_gpus)
         prog = SweepProgress(title=f"{study} ({scale})", enabled=not no_progress)
         with ex:
@@ -288,8 +311,10 @@ def _register_study(app: typer.Typer) -> None:
 
         try:
             rep = build_report(store_dir, out_dir=out)
-        except (FileNotFoundError, ValueError) as exc:
+        except (FileNotFoundError, ValueError, RuntimeError) as exc:  # RuntimeError: StoreError (corrupt store)
             _fail(str(exc))
+        except OSError as exc:
+            _io_fail(exc, "cannot write the report (a read-only store needs --out elsewhere)")
         if as_json:
             import json  # noqa: PLC0415
 
