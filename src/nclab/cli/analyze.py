@@ -93,6 +93,10 @@ def register(app: typer.Typer) -> None:
                 if dataset is None:
                     fail("a state dict needs --dataset NAME (the data to measure on)")
                 from nclab.data import load_dataset
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            fail(f"--device {device} requested but CUDA is not available on this machine; use --device cpu")
+        if out is not None and out.exists() and not out.is_dir():
+            fail(f"--out {out} is a file; give a folder (features.png and layers.png go there)")
 
                 splits = load_dataset(dataset, classes=classes, per_class=per_class)
                 try:
@@ -105,7 +109,15 @@ def register(app: typer.Typer) -> None:
                     from nclab.models import build_model
 
                     net = build_model(model, input_shape=splits.input_shape, num_classes=splits.num_classes, **kwargs)
-                    state = torch.load(target, map_location="cpu", weights_only=True)
+                    try:  # an nclab checkpoint (record line + archive) or a plain torch file
+                        from nclab.train.checkpoint import MAGIC, load_checkpoint
+
+                        with open(target, "rb") as fh:
+                            is_nclab = fh.read(len(MAGIC)) == MAGIC
+                        state = (load_checkpoint(target) if is_nclab
+                                 else torch.load(target, map_location="cpu", weights_only=True))
+                    except Exception as exc:  # not a torch file, a refused pickle, a corrupt archive
+                        fail(f"{target} cannot be read as a weights-only torch file: {str(exc).splitlines()[0]}")
                     state = state.get("model", state) if isinstance(state, dict) else state
                     net.load_state_dict(state)
                     net.eval()
@@ -145,7 +157,12 @@ def register(app: typer.Typer) -> None:
         if out is not None:
             from nclab.report.features import feature_scatter
 
-            out.mkdir(parents=True, exist_ok=True)
+            try:
+                out.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                from nclab.cli._common import EXIT_IO, os_error_message
+
+                fail(f"cannot create --out {out}: {os_error_message(exc)}", EXIT_IO)
             f = features_of(net, data, layer=layer, device=device, batch_size=batch_size, max_samples=20000)
             clean = f.get("clean_labels", f["labels"])
             C = int(values["num_classes"])
