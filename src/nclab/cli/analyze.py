@@ -70,6 +70,10 @@ def register(app: typer.Typer) -> None:
 
         if split not in ("train", "test"):
             fail(f"--split must be train or test; got {split!r}")
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            fail(f"--device {device} requested but CUDA is not available on this machine; use --device cpu")
+        if out is not None and out.exists() and not out.is_dir():
+            fail(f"--out {out} is a file; give a folder (features.png and layers.png go there)")
         class_names = None
         try:
             if (target / "config.yaml").is_file() if target.is_dir() else False:
@@ -93,10 +97,6 @@ def register(app: typer.Typer) -> None:
                 if dataset is None:
                     fail("a state dict needs --dataset NAME (the data to measure on)")
                 from nclab.data import load_dataset
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            fail(f"--device {device} requested but CUDA is not available on this machine; use --device cpu")
-        if out is not None and out.exists() and not out.is_dir():
-            fail(f"--out {out} is a file; give a folder (features.png and layers.png go there)")
 
                 splits = load_dataset(dataset, classes=classes, per_class=per_class)
                 try:
