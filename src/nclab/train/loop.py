@@ -358,8 +358,13 @@ def train(
     handle_signals: bool = False,
     dataset: Any = None,
     model: Any = None,
+    loggers: list[Any] | None = None,
 ) -> RunResult:
     """Train one model as ``config`` says and record it in ``run_dir``.
+
+    ``loggers``: objects with ``log(record)`` and ``close(status=...)`` (e.g. from
+    :func:`nclab.integrations.loggers.make_loggers`), given each record as it is
+    appended to ``metrics.jsonl`` and closed once with the final status.
 
     ``resume=True`` continues the run in ``run_dir`` from its last checkpoint
     (records after the checkpoint epoch are dropped and recomputed); on CPU the
@@ -391,12 +396,12 @@ def train(
     resolve_device(config.device)  # before touching the run directory
     with thread_scope(config.threads), rundir.RunLock(run_dir), rundir.StopSignals(enabled=handle_signals) as sig:
         return _train(config, run_dir=Path(run_dir), resume=resume, overwrite=overwrite, progress=progress,
-                      max_epochs=max_epochs, signals=sig, dataset=dataset, user_model=model)
+                      max_epochs=max_epochs, signals=sig, dataset=dataset, user_model=model, loggers=loggers)
 
 
 def _train(config: TrainConfig, *, run_dir: Path, resume: bool, overwrite: bool, progress: bool,
            max_epochs: int | None, signals: rundir.StopSignals | None = None, dataset: Any = None,
-           user_model: Any = None) -> RunResult:
+           user_model: Any = None, loggers: list[Any] | None = None) -> RunResult:
     device = resolve_device(config.device)  # before touching the run directory
     resuming = rundir.prepare_run_dir(run_dir, config, resume=resume, overwrite=overwrite)
     data = prepare_data(config, device, dataset=dataset)
@@ -522,6 +527,8 @@ def _train(config: TrainConfig, *, run_dir: Path, resume: bool, overwrite: bool,
                     record.update(stopper.summary(finished_by_rule=fired))
                 record = _ordered(record)
                 append_jsonl(metrics_path, record)
+                for lg in loggers or ():
+                    lg.log(record)
             epoch_done = epoch
             if fired:
                 end = epoch
@@ -583,6 +590,8 @@ def _train(config: TrainConfig, *, run_dir: Path, resume: bool, overwrite: bool,
     extra = {"diverged_epoch": diverged_epoch} if diverged_epoch is not None else {}
     atomic_write_json(run_dir / rundir.STATUS, {"status": status, "epoch": epoch_done, "message": message,
                                                 **extra, **stop_info})
+    for lg in loggers or ():
+        lg.close(status=status)
     return RunResult(run_dir=run_dir, config=config, history=history, final=history[-1] if history else None,
                      status=status, epoch=epoch_done, message=message, diverged_epoch=diverged_epoch,
                      signum=signals.signum if signals is not None and status == "interrupted" else None)
