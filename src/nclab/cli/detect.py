@@ -31,6 +31,17 @@ def register(app: typer.Typer) -> None:
         from nclab.train import CheckpointError
         from nclab.train.dynamics import DynamicsRecorder
 
+        if out is not None and out.is_dir():
+            fail(f"--out {out} is a directory; give the path of the CSV file to write")
+        if out is not None and out.parent.exists() and not out.parent.is_dir():
+            fail(f"--out {out}: its folder {out.parent} is a file")
+        if not run_dir.is_dir():
+            fail(f"{run_dir} is not a directory: give an nclab run directory")
+        if device.startswith("cuda"):
+            import torch
+
+            if not torch.cuda.is_available():
+                fail(f"--device {device} requested but CUDA is not available on this machine; use --device cpu")
         if score == "auto":
             score = "combined" if DynamicsRecorder(run_dir).epochs() else "features"
         elif score not in SCORES:
@@ -39,7 +50,13 @@ def register(app: typer.Typer) -> None:
             sus = score_run(run_dir, score=score, k=k, device=device)
         except (ConfigError, CheckpointError, FileNotFoundError, ValueError, RuntimeError) as exc:
             fail(str(exc))
-        path = sus.to_csv(out if out is not None else run_dir / f"suspicion-{score}.csv")
+        target = out if out is not None else run_dir / f"suspicion-{score}.csv"
+        try:
+            path = sus.to_csv(target)
+        except OSError as exc:  # unwritable folder, read-only run dir, disk full
+            from nclab.cli._common import EXIT_IO, os_error_message
+
+            fail(f"cannot write {target}: {os_error_message(exc)}", EXIT_IO)
         console.print(f"[bold]{run_dir.name}[/]: {len(sus.score)} training samples scored by [cyan]{score}[/] "
                       f"({SCORES[score]})", highlight=False)
         q = sus.quality()
