@@ -39,6 +39,29 @@ def layer_profile_figure(path: Path, summaries: dict[str, dict[str, Any]], *, ti
     save(fig, path)
 
 
+def stored_run_features(run_dir: Path, *, split: str, reason: str) -> dict[str, Any]:
+    """A run's final training features from ``features.npz`` (written by the trainer), for runs
+    whose data or model cannot be rebuilt in this process (in-memory data, a model passed from
+    Python, a dataset/model registered elsewhere). Only the training split is stored."""
+    from nclab.store.files import load_feature_file
+
+    path = run_dir / "features.npz"
+    if split != "train":
+        raise ValueError(f"{reason}. Only the training split's final features are stored in the run dir "
+                         f"({path}); --split test needs the data and model")
+    if not path.is_file():
+        raise ValueError(f"{reason}. {path} does not exist either (train with save_features: true and let the run finish)")
+    f = load_feature_file(path)
+    try:
+        env = json.loads((run_dir / "env.json").read_text())
+        f["class_names"] = env.get("data", {}).get("class_names")
+    except (OSError, ValueError):
+        f["class_names"] = None
+    f["note"] = (f"{reason.split(';')[0]}: metrics from the stored final features; no depth profile "
+                 "(it needs the model)")
+    return f
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``analyze`` command to ``app``."""
 
@@ -74,19 +97,26 @@ def register(app: typer.Typer) -> None:
             fail(f"--device {device} requested but CUDA is not available on this machine; use --device cpu")
         if out is not None and out.exists() and not out.is_dir():
             fail(f"--out {out} is a file; give a folder (features.png and layers.png go there)")
+        stored = None
         class_names = None
         try:
             if (target / "config.yaml").is_file() if target.is_dir() else False:
                 if model or model_class or dataset:
                     fail("a run directory rebuilds its own model and data; drop --model/--model-class/--dataset")
-                run = load_run(target, device=device)
-                net, d = run.model, run.data
-                if split == "train":
-                    data = (d.x_train, d.y_train, d.metric_clean_train)
+                try:
+                    run = load_run(target, device=device)
+                except ValueError as exc:  # data/model not rebuildable here: the run dir's own files
+                    stored = stored_run_features(target, split=split, reason=str(exc))
+                    net, data, class_names = None, None, stored["class_names"]
+                    what = f"{target.name} (final features.npz, {split})"
                 else:
-                    data = (d.x_test, d.y_test)
-                class_names = d.info.get("class_names")
-                what = f"{target.name} (epoch {run.epoch}, {split})"
+                    net, d = run.model, run.data
+                    if split == "train":
+                        data = (d.x_train, d.y_train, d.metric_clean_train)
+                    else:
+                        data = (d.x_test, d.y_test)
+                    class_names = d.info.get("class_names")
+                    what = f"{target.name} (epoch {run.epoch}, {split})"
             else:
                 if target.is_dir():
                     fail(f"{target} is a folder without config.yaml: not an nclab run directory")
@@ -124,11 +154,21 @@ def register(app: typer.Typer) -> None:
                 data = (splits.train_x, splits.train_y) if split == "train" else (splits.test_x, splits.test_y)
                 class_names = splits.class_names
                 what = f"{target.name} on {dataset} ({split})"
-            names = [s.strip() for s in layers.split(",") if s.strip()] if layers else default_layers(net)
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                res = collect(net, data, layer=layer, layers=names, convention=convention, device=device,
-                              batch_size=batch_size)
+                if stored is not None:
+                    from nclab.metrics import nc_metrics
+
+                    res = nc_metrics(stored["features"], stored["labels"], clean_labels=stored.get("clean_labels"),
+                                     weight=stored.get("W"), bias=stored.get("b"), logits=stored.get("logits"),
+                                     convention=convention)
+                    res.info["layer"] = "classifier (features.npz)"
+                    caught_note = stored["note"]
+                else:
+                    names = [s.strip() for s in layers.split(",") if s.strip()] if layers else default_layers(net)
+                    res = collect(net, data, layer=layer, layers=names, convention=convention, device=device,
+                                  batch_size=batch_size)
+                    caught_note = None
         except typer.Exit:
             raise
         except (ValueError, TypeError, FileNotFoundError, RuntimeError) as exc:
@@ -141,6 +181,8 @@ def register(app: typer.Typer) -> None:
         else:
             for w in caught:
                 console.print(f"[yellow]warning:[/] {w.message}", highlight=False)
+            if caught_note:
+                console.print(f"[yellow]note:[/] {caught_note}", highlight=False)
             console.print(f"[bold]{what}: n={values['n_samples']}, C={values['num_classes']}, d={values['feature_dim']}, "
                           f"classifier={res.info['layer']}, convention={convention}[/]", highlight=False)
             console.print(metric_table(values, title=""))
@@ -163,16 +205,20 @@ def register(app: typer.Typer) -> None:
                 from nclab.cli._common import EXIT_IO, os_error_message
 
                 fail(f"cannot create --out {out}: {os_error_message(exc)}", EXIT_IO)
-            f = features_of(net, data, layer=layer, device=device, batch_size=batch_size, max_samples=20000)
+            if stored is not None:
+                f = {k: stored[k][:20000] for k in ("features", "labels", "clean_labels") if k in stored}
+                w_np, b_np = stored.get("W"), stored.get("b")
+            else:
+                f = features_of(net, data, layer=layer, device=device, batch_size=batch_size, max_samples=20000)
+                lin = dict(net.named_modules())[res.info["layer"]]
+                w_np = lin.weight.detach().cpu().numpy()
+                b_np = None if lin.bias is None else lin.bias.detach().cpu().numpy()
             clean = f.get("clean_labels", f["labels"])
             C = int(values["num_classes"])
             names_c = class_names if class_names is not None and len(class_names) >= C else None
-            lin = dict(net.named_modules())[res.info["layer"]]
             feature_scatter(out / "features.png", f["features"], f["labels"], clean,
                             class_names=None if names_c is None else names_c[:C],
-                            weight=lin.weight.detach().cpu().numpy(),
-                            bias=None if lin.bias is None else lin.bias.detach().cpu().numpy(),
-                            title=f"{what}: classifier input")
+                            weight=w_np, bias=b_np, title=f"{what}: classifier input")
             written = [out / "features.png"]
             if per_layer:
                 layer_profile_figure(out / "layers.png", per_layer, title=f"{what}: collapse through depth")

@@ -64,6 +64,15 @@ def register(app: typer.Typer) -> None:
             console.print(f"against the injected noise ({q['n_mislabeled']} mislabeled): AUROC {q['auroc']:.4f}, "
                           f"precision@{q['n_mislabeled']} {q['precision_at_k']:.4f}, "
                           f"average precision {q['average_precision']:.4f}", highlight=False)
+        fq = sus.flagged_quality()
+        if fq is not None:
+            rule = "AUM < 0 (mean margin over the epochs)" if fq["rule"] == "aum" else \
+                "closer to another class's mean than to its own (features)"
+            line = f"flagged {fq['flagged']} of {len(sus.score)} by {rule}"
+            if fq.get("precision") is not None:
+                rec = fq.get("recall")
+                line += f": precision {fq['precision']:.4f}" + (f", recall {rec:.4f}" if rec is not None else "")
+            console.print(line + " (CSV column flagged)", highlight=False)
         if top > 0:
             t = Table(title=f"top {top}", title_justify="left")
             cols = ["rank", "index", "given", "score"] + (["clean", "mislabeled"] if sus.clean is not None else [])

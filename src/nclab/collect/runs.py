@@ -37,7 +37,26 @@ def load_run(run_dir: str | Path, *, device: str | torch.device = "cpu") -> Load
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{run_dir} is not an nclab run directory (no {rundir.CONFIG})")
     config = TrainConfig.from_sources(cfg_path)
+    try:
+        import json
+
+        env = json.loads((run_dir / rundir.ENV).read_text())
+    except (OSError, ValueError):
+        env = {}
+    info = env.get("data", {}) if isinstance(env, dict) else {}
+    if info.get("source") == "python" or "model" in info:
+        what = "in-memory data" if info.get("source") == "python" else f"a model passed from Python ({info['model']})"
+        raise ValueError(f"{run_dir} was trained on {what} (train(config, dataset=..., model=...)); nclab cannot "
+                         "rebuild it from config.yaml. Its features.npz, noise.npz and dynamics/ are read instead "
+                         "by nclab detect / nclab analyze")
     dev = torch.device(device)
+    from nclab.data import resolve_name
+
+    try:
+        resolve_name(config.dataset.name)
+    except ValueError as exc:
+        raise ValueError(f"{run_dir}: {exc} (a dataset registered with nclab.data.register_dataset exists only "
+                         "in the process that registered it)") from None
     data = prepare_data(config, dev)
     model = build_model(config.model.name, input_shape=data.input_shape, num_classes=data.num_classes,
                         generator=torch_generator(config.seed, "init"), **config.model.options())

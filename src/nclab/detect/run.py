@@ -73,7 +73,9 @@ class Suspicion:
 
     ``index``: position in the run's training set; ``dataset_index``: position in the
     dataset's training split (differs when a validation part was held out);
-    ``clean`` / ``is_mislabeled``: from ``noise.npz`` (``None`` when absent).
+    ``clean`` / ``is_mislabeled``: from ``noise.npz`` (``None`` when absent);
+    ``flagged``: the flagged set of :func:`~nclab.detect.find_label_issues` under
+    ``flag_rule`` (``aum`` with dynamics, else ``nearest_centroid``), never using the truth.
     """
 
     score_name: str
@@ -84,6 +86,19 @@ class Suspicion:
     clean: np.ndarray | None = None
     is_mislabeled: np.ndarray | None = None
     components: dict[str, np.ndarray] = field(default_factory=dict)
+    flagged: np.ndarray | None = None
+    flag_rule: str | None = None
+
+    def flagged_quality(self) -> dict[str, Any] | None:
+        """Size of the flagged set, and its precision and recall against the known truth."""
+        if self.flagged is None:
+            return None
+        out: dict[str, Any] = {"flagged": int(self.flagged.sum()), "rule": self.flag_rule}
+        if self.is_mislabeled is not None:
+            t = self.is_mislabeled
+            out["precision"] = float(t[self.flagged].mean()) if self.flagged.any() else None
+            out["recall"] = float(self.flagged[t].mean()) if t.any() else None
+        return out
 
     @property
     def rank(self) -> np.ndarray:
@@ -105,12 +120,16 @@ class Suspicion:
         w = csv.writer(buf, lineterminator="\n")
         comp_names = list(self.components) if len(self.components) > 1 else []  # the ingredients of "combined"
         head = ["index", "dataset_index", "given_label", "score", "rank"] + [f"score_{c}" for c in comp_names]
+        if self.flagged is not None:
+            head += ["flagged"]
         if self.clean is not None:
             head += ["clean_label", "is_mislabeled"]
         w.writerow(head)
         for i in order:
             row = [int(self.index[i]), int(self.dataset_index[i]), int(self.given[i]), repr(float(self.score[i])), int(rank[i])]
             row += [repr(float(self.components[c][i])) for c in comp_names]
+            if self.flagged is not None:
+                row += [int(bool(self.flagged[i]))]
             if self.clean is not None:
                 row += [int(self.clean[i]), int(bool(self.is_mislabeled[i]))]
             w.writerow(row)
@@ -123,39 +142,83 @@ class Suspicion:
 def score_run(
     run_dir: str | Path, *, score: str = "combined", k: int = 10, device: str = "cpu", batch_size: int = 1024,
 ) -> Suspicion:
-    """Suspicion scores for the training samples of an nclab run.
+    """Suspicion scores for the training samples of an nclab run, read from the run directory.
 
-    Features come from ``checkpoints/last.pt`` on the run's rebuilt training set
-    (``prepare_data``: the same noisy labels), margins from ``run_dir/dynamics``
-    (written when the run was trained with ``record_dynamics``). The truth, when
-    ``noise.npz`` holds it, is attached but never used for scoring.
+    Labels come from ``noise.npz`` (or ``features.npz``), features from ``features.npz``
+    (the trainer's final eval-mode features), margins from ``run_dir/dynamics`` (written
+    with ``record_dynamics``), so any run works — built-in, ``npz``, registered or
+    in-memory data and models — without rebuilding data or model. Only a run without
+    ``features.npz`` (``save_features: false``, or not finished) falls back to
+    rebuilding the model from ``config.yaml`` and ``checkpoints/last.pt``. The truth,
+    when ``noise.npz`` holds it, is attached but never used for scoring.
     """
-    from nclab.collect.runs import load_run
+    from nclab.detect.issues import find_label_issues
     from nclab.train import rundir
     from nclab.train.dynamics import load_dynamics
 
     if score not in SCORES:
         raise ValueError(f"unknown score {score!r}; valid: {', '.join(SCORES)}")
     run_dir = Path(run_dir)
-    margins = load_dynamics(run_dir).margins if score in _NEEDS_DYNAMICS else None
-    run = load_run(run_dir, device=device)
-    data = run.data
-    y = data.y_train
-    feats = None
-    if score in _NEEDS_FEATURES:
-        with torch.no_grad():
-            x = data.x_train
-            feats = torch.cat([run.model.forward_features(x[i : i + batch_size])[1] for i in range(0, x.shape[0], batch_size)])
-    s, comp = score_arrays(labels=y.cpu(), features=None if feats is None else feats.cpu(), margins=margins,
-                           score=score, num_classes=data.num_classes, k=k)
-    n = y.shape[0]
+    if not (run_dir / rundir.CONFIG).is_file():
+        raise FileNotFoundError(f"{run_dir} is not an nclab run directory (no {rundir.CONFIG})")
+    margins = None
+    try:
+        margins = load_dynamics(run_dir).margins
+    except FileNotFoundError:
+        if score in _NEEDS_DYNAMICS:
+            raise
     arrays = rundir.load_npz(run_dir / rundir.NOISE) if (run_dir / rundir.NOISE).exists() else {}
-    train_idx = arrays.get("train_idx", np.arange(n))
+    feat_path = run_dir / rundir.FEATURES
+    stored = rundir.load_npz(feat_path) if feat_path.exists() else {}
+    if "noisy" in arrays:
+        train_idx = np.asarray(arrays.get("train_idx", np.arange(len(arrays["noisy"]))), dtype=np.int64)
+        y = np.asarray(arrays["noisy"], dtype=np.int64)[train_idx]
+    elif "labels" in stored:
+        y = np.asarray(stored["labels"], dtype=np.int64)
+        train_idx = np.arange(len(y))
+    else:
+        raise FileNotFoundError(f"{run_dir}: neither {rundir.NOISE} nor {rundir.FEATURES} holds the training labels")
+    num_classes = int(arrays["num_classes"]) if "num_classes" in arrays else (
+        int(stored["W"].shape[0]) if "W" in stored else None)
+    feats = None
+    if score in _NEEDS_FEATURES or margins is None:
+        if "features" in stored:
+            feats = np.asarray(stored["features"])
+            if "labels" in stored and not np.array_equal(np.asarray(stored["labels"]), y):
+                raise ValueError(f"{feat_path} labels differ from {rundir.NOISE}'s training labels; the run dir is inconsistent")
+        else:
+            feats = _rebuilt_features(run_dir, device=device, batch_size=batch_size)
+    if margins is not None and margins.shape[1] != len(y):
+        raise ValueError(f"{run_dir}/dynamics holds margins of {margins.shape[1]} samples but the run has {len(y)} "
+                         "training samples")
+    s, comp = score_arrays(labels=y, features=feats, margins=margins, score=score, num_classes=num_classes, k=k)
+    if margins is not None:
+        rule = "aum"
+        flagged = find_label_issues(y, margins=margins, filter_by="aum")
+    else:
+        rule = "nearest_centroid"
+        flagged = find_label_issues(y, features=feats, filter_by="nearest_centroid", num_classes=num_classes)
+    n = y.shape[0]
     clean = mis = None
     if "clean" in arrays and "noisy" in arrays:
         clean = np.asarray(arrays["clean"])[train_idx]
         l2c = np.asarray(arrays.get("label_to_class", np.arange(int(np.max(arrays["noisy"])) + 1)))
         mis = l2c[np.asarray(arrays["noisy"])[train_idx]] != clean
     return Suspicion(score_name=score, index=np.arange(n), dataset_index=np.asarray(train_idx, dtype=np.int64),
-                     given=y.cpu().numpy(), score=s, clean=clean, is_mislabeled=mis,
-                     components=comp)
+                     given=y, score=s, clean=clean, is_mislabeled=mis, components=comp,
+                     flagged=flagged, flag_rule=rule)
+
+
+def _rebuilt_features(run_dir: Path, *, device: str, batch_size: int) -> np.ndarray:
+    """Final features from the checkpoint, for runs without ``features.npz``."""
+    from nclab.collect.runs import load_run
+
+    try:
+        run = load_run(run_dir, device=device)
+    except ValueError as exc:
+        raise ValueError(f"{run_dir} has no features.npz, and its model/data cannot be rebuilt ({exc}); "
+                         "train with save_features: true (the default) and let the run finish") from None
+    x = run.data.x_train
+    with torch.no_grad():
+        h = torch.cat([run.model.forward_features(x[i : i + batch_size])[1] for i in range(0, x.shape[0], batch_size)])
+    return h.cpu().numpy()
