@@ -132,3 +132,12 @@ def test_cli_md_table_wraps_at_80_columns_with_distinct_headers(tmp_path):
     for line in header_lines:
         names = [n for n in re.split(r"\s{2,}", line.strip()) if n]
         assert "loss" not in names and len(names) == len(set(names)), names
+
+
+def test_dm_slopes_equal_lambda_under_the_hard_constraint_only():
+    pts = md_model.md_grid(etas=[0.0, 0.1, 0.3], losses=[("ce", None), ("ls", 0.2)], expressivities=[0.5], starts=1)
+    hard = md_model.dm_slopes(md_model.md_sweep(pts))
+    assert [s["loss_label"] for s in hard] == ["ce", "ls(0.2)"] and all(s["n"] == 2 for s in hard)
+    assert all(s["slope"] == pytest.approx(0.5, rel=1e-6) for s in hard)
+    soft = md_model.dm_slopes(md_model.md_sweep([{**p, "constraint": "soft", "penalty": 1.0} for p in pts]))
+    assert soft[0]["slope"] != pytest.approx(soft[1]["slope"], rel=1e-2)

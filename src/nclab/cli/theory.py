@@ -148,7 +148,7 @@ def register(app: typer.Typer) -> None:
 
         from nclab.report.theory_plots import write_md_figures
         from nclab.store.files import atomic_write_text, to_json
-        from nclab.theory.md_model import best_alpha_by_eta, md_grid, md_sweep
+        from nclab.theory.md_model import best_alpha_by_eta, dm_slopes, md_grid, md_sweep
 
         losses: list[tuple[str, float | None]] = [("ce", None)]
         losses += [("ls", a) for a in _floats(alphas, name="alphas") if a > 0]
@@ -205,6 +205,11 @@ def register(app: typer.Typer) -> None:
             best = best_alpha_by_eta([r for r in rows if r["expressivity"] == lam])
             console.print(f"λ={lam:g} error-minimizing α by η: "
                           + ", ".join(f"η={e:.2f}→α={a:g} ({err:.3g})" for e, a, err in best))
+        for lam in sorted({r["expressivity"] for r in rows}):
+            sl = [x for x in dm_slopes(rows) if x["expressivity"] == lam]
+            if sl:
+                console.print(f"λ={lam:g} D-on-M slope across η (raw / normalized): "
+                              + ", ".join(f"{x['loss_label']} {x['slope']:.3g} / {x['slope_normalized']:.3g}" for x in sl))
         console.print(f"rows: {out / 'rows.json'}")
         for f in figs:
             console.print(f"figure: {f}")

@@ -79,7 +79,7 @@ from nclab.theory._md_numpy import ANALYTIC_LOSSES, CONSTRAINTS, MDObjective
 from nclab.theory._solver import minimize_bounded, resolve_loss, torch_fg
 from nclab.theory.geometry import etf_error, orthogonal_frame_error
 
-__all__ = ["MDResult", "best_alpha_by_eta", "md_grid", "md_sweep", "solve_md", "error_proxy"]
+__all__ = ["MDResult", "best_alpha_by_eta", "dm_slopes", "md_grid", "md_sweep", "solve_md", "error_proxy"]
 
 TEST_NOISES = ("gaussian", "sphere")
 BACKENDS = ("auto", "numpy", "torch")
@@ -497,4 +497,26 @@ def best_alpha_by_eta(rows: Sequence[dict[str, Any]]) -> list[tuple[float, float
     for eta in sorted(by_eta):
         a, e = min(by_eta[eta], key=lambda t: (t[1], t[0]))
         out.append((eta, a, e))
+    return out
+
+
+def dm_slopes(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Least-squares slope of D on M across eta > 0, per (lambda, loss label): raw and normalized.
+
+    ``{expressivity, loss_label, slope, slope_normalized, n}``; groups with < 2 noisy rows are left out.
+    Under the hard constraint every slope is lambda; the soft variant lets them differ by loss.
+    """
+    groups: dict[tuple[float, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        if float(r["eta"]) > 0:
+            groups[(float(r["expressivity"]), str(r["loss_label"]))].append(r)
+    out = []
+    for (lam, label), rs in sorted(groups.items()):
+        m = np.array([r["memorization"] for r in rs])
+        if len(rs) < 2 or np.ptp(m) == 0:
+            continue
+        slope = float(np.polyfit(m, [r["dilation"] for r in rs], 1)[0])
+        mn = np.array([r["memorization_normalized"] for r in rs])
+        sn = float(np.polyfit(mn, [r["dilation_normalized"] for r in rs], 1)[0]) if np.ptp(mn) > 0 else float("nan")
+        out.append({"expressivity": lam, "loss_label": label, "slope": slope, "slope_normalized": sn, "n": len(rs)})
     return out
