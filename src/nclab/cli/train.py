@@ -21,6 +21,7 @@ def register(app: typer.Typer) -> None:
         overwrite: bool = typer.Option(False, "--overwrite", help="Delete the run directory's nclab files first."),
         no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
         max_epochs: Optional[int] = typer.Option(None, "--max-epochs", help="Stop after this epoch (resumable) [default: the config's epochs]."),
+        log: list[str] = typer.Option([], "--log", help="Also log every record to tensorboard (RUN_DIR/tensorboard) or mlflow (MLFLOW_TRACKING_URI, else RUN_DIR/mlflow.db); repeatable. metrics.jsonl (jsonl) is always written."),
     ) -> None:
         """Train one model under label noise; writes config, env, metrics.jsonl and checkpoints.
 
@@ -53,8 +54,11 @@ def register(app: typer.Typer) -> None:
                 config = resolve_config(config)
             cfg = TrainConfig.from_sources(config, set_)
             target = run_dir if run_dir is not None else Path("runs") / cfg.name
+            from nclab.integrations.loggers import make_loggers
+
+            loggers = make_loggers(log, run_dir=target, name=cfg.name, params=cfg.to_dict())
             result = train(cfg, run_dir=target, resume=resume, overwrite=overwrite, progress=not no_progress,
-                           max_epochs=max_epochs, handle_signals=True)
+                           max_epochs=max_epochs, handle_signals=True, loggers=loggers)
         except RunLockError as exc:  # another live process holds the run directory
             err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
             raise typer.Exit(EXIT_LOCKED) from None

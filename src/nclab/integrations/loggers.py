@@ -1,0 +1,293 @@
+"""One small logger interface for metrics records: JSONL, TensorBoard, MLflow.
+
+A logger receives each flat metrics record of a run (the dicts ``metrics.jsonl``
+holds: ``epoch``, ``lr``, ``train_loss``, ``train.nc1``, ``test.dilation``, ...)
+and is closed once at the end::
+
+    from nclab.integrations.loggers import make_loggers
+    loggers = make_loggers(["tensorboard", "mlflow"], run_dir="runs/x", name="x", params=cfg.to_dict())
+    nclab.train.train(cfg, run_dir="runs/x", loggers=loggers)
+
+or from the command line ``nclab train CFG --log tensorboard --log mlflow`` (also
+``nclab sweep``). Conventions:
+
+- the step is the record's ``epoch``; only numeric scalars are logged (``None``,
+  booleans, strings and per-class lists are skipped; non-finite values too, which
+  MLflow rejects);
+- TensorBoard tags replace the first ``.`` by ``/`` (``train.nc1`` -> ``train/nc1``)
+  so TensorBoard groups the train and test metrics; event files go to
+  ``RUN_DIR/tensorboard/`` (``pip install 'nclab[tensorboard]'``);
+- MLflow logs into ``$MLFLOW_TRACKING_URI`` when set, else into the SQLite store
+  ``RUN_DIR/mlflow.db`` (MLflow's recommended local backend; its plain-file store is
+  deprecated), experiment ``nclab`` unless given; the config goes in as flattened
+  params. The MLflow run id is kept in ``RUN_DIR/mlflow_run.json`` so a resumed
+  training continues the same MLflow run (``pip install 'nclab[mlflow]'``);
+- ``jsonl`` is :class:`JsonlLogger`; the trainer always writes ``metrics.jsonl``
+  itself, so ``--log jsonl`` adds nothing there.
+
+Loggers open lazily (at the first record), after the trainer has prepared the run
+directory, so ``overwrite`` clears old event files and MLflow stores with the run.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from nclab.store.files import append_jsonl, atomic_write_json
+
+__all__ = [
+    "LOGGER_NAMES",
+    "JsonlLogger",
+    "MLflowLogger",
+    "MetricsLogger",
+    "TensorBoardLogger",
+    "flatten_params",
+    "make_loggers",
+    "scalar_metrics",
+]
+
+LOGGER_NAMES: tuple[str, ...] = ("jsonl", "tensorboard", "mlflow")
+"""Names accepted by :func:`make_loggers` and ``--log``."""
+
+MLFLOW_RUN_FILE = "mlflow_run.json"
+
+
+def scalar_metrics(record: Mapping[str, Any]) -> dict[str, float]:
+    """The finite numeric scalars of ``record`` as floats (``epoch`` included)."""
+    out: dict[str, float] = {}
+    for k, v in record.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        f = float(v)
+        if math.isfinite(f):
+            out[k] = f
+    return out
+
+
+def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """``{"optim": {"lr": 0.1}}`` -> ``{"optim.lr": "0.1"}`` (strings, as MLflow params are)."""
+    out: dict[str, str] = {}
+    for k, v in params.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten_params(v, prefix=f"{key}."))
+        else:
+            out[key] = str(v)
+    return out
+
+
+class MetricsLogger:
+    """Receives every metrics record of a run (``log``) and the final status (``close``).
+
+    Subclass and override :meth:`log` (and :meth:`close` if something must be flushed).
+    """
+
+    def log(self, record: Mapping[str, Any]) -> None:
+        """One flat record; ``record["epoch"]`` is the step."""
+        raise NotImplementedError
+
+    def close(self, *, status: str = "completed") -> None:
+        """End of the run (``completed``, ``stopped`` or ``diverged``); flush and release."""
+
+
+def _step(record: Mapping[str, Any]) -> int:
+    try:
+        return int(record["epoch"])
+    except (KeyError, TypeError, ValueError):
+        raise ValueError("a metrics record needs an integer 'epoch' (the logging step)") from None
+
+
+class JsonlLogger(MetricsLogger):
+    """Appends each record as one JSON line to ``path`` (durably, as ``metrics.jsonl`` is written)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def log(self, record: Mapping[str, Any]) -> None:
+        append_jsonl(self.path, dict(record))
+
+
+class TensorBoardLogger(MetricsLogger):
+    """Scalars into TensorBoard event files in ``log_dir`` (``torch.utils.tensorboard.SummaryWriter``).
+
+    ``params`` (e.g. the run config) are written once as a text summary ``config``.
+    """
+
+    def __init__(self, log_dir: str | Path, *, params: Mapping[str, Any] | None = None) -> None:
+        self.log_dir = Path(log_dir)
+        self.params = dict(params) if params else None
+        self._writer = None
+
+    @staticmethod
+    def tag(key: str) -> str:
+        """``train.nc1`` -> ``train/nc1``; keys without a dot are kept."""
+        return key.replace(".", "/", 1)
+
+    def _open(self):
+        if self._writer is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415
+            except ImportError as exc:  # torch's writer needs the tensorboard package
+                raise ImportError("TensorBoard logging needs the tensorboard package: "
+                                  "pip install 'nclab[tensorboard]'") from exc
+            self._writer = SummaryWriter(log_dir=str(self.log_dir))
+            if self.params:
+                lines = [f"    {k}: {v}" for k, v in flatten_params(self.params).items()]
+                self._writer.add_text("config", "\n".join(lines), global_step=0)  # indented = Markdown code
+        return self._writer
+
+    def log(self, record: Mapping[str, Any]) -> None:
+        w, step = self._open(), _step(record)
+        for k, v in scalar_metrics(record).items():
+            if k != "epoch":
+                w.add_scalar(self.tag(k), v, global_step=step)
+        w.flush()  # a killed run keeps what it logged
+
+    def close(self, *, status: str = "completed") -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+class MLflowLogger(MetricsLogger):
+    """Metrics into an MLflow tracking store through ``MlflowClient`` (no global MLflow state).
+
+    Parameters
+    ----------
+    tracking_uri : str
+        e.g. ``sqlite:///runs/x/mlflow.db``, ``http://host:5000``.
+    experiment : str
+        Experiment name, created if missing.
+    run_name : str, optional
+        The MLflow run's name.
+    params : mapping, optional
+        Logged once, flattened (``optim.lr``), as MLflow params.
+    tags : mapping, optional
+        MLflow run tags.
+    resume_file : path, optional
+        Where the MLflow run id is kept; when it names a run of this tracking store,
+        that run is continued instead of starting a new one.
+    """
+
+    _STATUS = {"completed": "FINISHED", "stopped": "KILLED", "diverged": "FAILED"}
+
+    def __init__(self, *, tracking_uri: str, experiment: str = "nclab", run_name: str | None = None,
+                 params: Mapping[str, Any] | None = None, tags: Mapping[str, str] | None = None,
+                 resume_file: str | Path | None = None) -> None:
+        self.tracking_uri = tracking_uri
+        self.experiment = experiment
+        self.run_name = run_name
+        self.params = dict(params) if params else {}
+        self.tags = dict(tags) if tags else {}
+        self.resume_file = Path(resume_file) if resume_file is not None else None
+        self._client = None
+        self.run_id: str | None = None
+
+    def _open(self):
+        if self._client is not None:
+            return self._client
+        try:
+            from mlflow.tracking import MlflowClient  # noqa: PLC0415
+        except ImportError as exc:
+            raise ImportError("MLflow logging needs MLflow: pip install 'nclab[mlflow]'") from exc
+        client = MlflowClient(tracking_uri=self.tracking_uri)
+        run_id = self._previous_run(client)
+        if run_id is None:
+            exp = client.get_experiment_by_name(self.experiment)
+            exp_id = exp.experiment_id if exp is not None else client.create_experiment(self.experiment)
+            run = client.create_run(exp_id, run_name=self.run_name, tags=self.tags)
+            run_id = run.info.run_id
+            self._log_params(client, run_id)
+            if self.resume_file is not None:
+                atomic_write_json(self.resume_file, {"tracking_uri": self.tracking_uri, "run_id": run_id})
+        else:
+            client.update_run(run_id, status="RUNNING")
+        self._client, self.run_id = client, run_id
+        return client
+
+    def _previous_run(self, client) -> str | None:
+        if self.resume_file is None or not self.resume_file.exists():
+            return None
+        import json  # noqa: PLC0415
+
+        try:
+            saved = json.loads(self.resume_file.read_text())
+            if saved.get("tracking_uri") != self.tracking_uri:
+                return None
+            return client.get_run(saved["run_id"]).info.run_id
+        except Exception:  # noqa: BLE001 - unreadable file or run gone: start a new MLflow run
+            return None
+
+    def _log_params(self, client, run_id: str) -> None:
+        from mlflow.entities import Param  # noqa: PLC0415
+
+        items = [Param(k, v[:6000]) for k, v in flatten_params(self.params).items()]
+        for i in range(0, len(items), 100):  # MLflow's per-request limit
+            client.log_batch(run_id, params=items[i : i + 100])
+
+    def log(self, record: Mapping[str, Any]) -> None:
+        from mlflow.entities import Metric  # noqa: PLC0415
+
+        client, step = self._open(), _step(record)
+        ts = int(time.time() * 1000)
+        items = [Metric(k, v, ts, step) for k, v in scalar_metrics(record).items() if k != "epoch"]
+        for i in range(0, len(items), 1000):  # MLflow's per-request limit
+            client.log_batch(self.run_id, metrics=items[i : i + 1000])
+
+    def close(self, *, status: str = "completed") -> None:
+        if self._client is not None:
+            self._client.set_terminated(self.run_id, status=self._STATUS.get(status, "FINISHED"))
+            self._client = None
+
+
+def default_mlflow_uri(run_dir: str | Path) -> str:
+    """``$MLFLOW_TRACKING_URI`` when set, else the SQLite store ``RUN_DIR/mlflow.db``."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    return f"sqlite:///{Path(run_dir).resolve() / 'mlflow.db'}"
+
+
+def make_loggers(
+    names: Iterable[str],
+    *,
+    run_dir: str | Path,
+    name: str | None = None,
+    params: Mapping[str, Any] | None = None,
+    mlflow_uri: str | None = None,
+    experiment: str = "nclab",
+    jsonl_path: str | Path | None = None,
+) -> list[MetricsLogger]:
+    """Loggers for ``names`` (each of :data:`LOGGER_NAMES`, repeats ignored) for the run in ``run_dir``.
+
+    ``jsonl`` gives a :class:`JsonlLogger` only when ``jsonl_path`` is set (the trainer
+    writes ``metrics.jsonl`` itself). ``mlflow_uri`` defaults to :func:`default_mlflow_uri`.
+    Unknown names raise ``ValueError`` before anything is written.
+    """
+    names = list(dict.fromkeys(n.strip().lower() for n in names))
+    bad = [n for n in names if n not in LOGGER_NAMES]
+    if bad:
+        raise ValueError(f"unknown logger(s) {', '.join(map(repr, bad))}; choose from {', '.join(LOGGER_NAMES)}")
+    import importlib.util  # noqa: PLC0415
+
+    for n, module, extra in (("tensorboard", "tensorboard", "tensorboard"), ("mlflow", "mlflow", "mlflow")):
+        if n in names and importlib.util.find_spec(module) is None:  # fail before training, not at epoch 1
+            raise ValueError(f"--log {n} needs the {module} package: pip install 'nclab[{extra}]'")
+    run_dir = Path(run_dir)
+    out: list[MetricsLogger] = []
+    for n in names:
+        if n == "jsonl":
+            if jsonl_path is not None:
+                out.append(JsonlLogger(jsonl_path))
+        elif n == "tensorboard":
+            out.append(TensorBoardLogger(run_dir / "tensorboard", params=params))
+        else:
+            out.append(MLflowLogger(tracking_uri=mlflow_uri or default_mlflow_uri(run_dir), experiment=experiment,
+                                    run_name=name, params=params, tags={"nclab.run_dir": str(run_dir.resolve())},
+                                    resume_file=run_dir / MLFLOW_RUN_FILE))
+    return out
