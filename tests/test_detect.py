@@ -152,21 +152,18 @@ def test_cleanlab_comparison_runs_on_the_same_noise(small_setting):
 # ---------------------------------------------------------------------------------- CLI
 @pytest.fixture(scope="module")
 def run_with_dynamics(tmp_path_factory):
-    """A real nclab run trained epoch by epoch (resume), margins recorded after each epoch —
-    the 'tiny custom loop' until the trainer calls the recorder itself."""
-    from nclab.collect.runs import load_run
+    """A real nclab run trained in three sessions (resume), margins recorded by the trainer
+    after every epoch (record_dynamics)."""
     from nclab.train import TrainConfig, train
 
     d = tmp_path_factory.mktemp("detect-run")
-    cfg = TrainConfig.from_dict({"epochs": 3, "seed": 0, "device": "cpu",
+    cfg = TrainConfig.from_dict({"epochs": 3, "seed": 0, "device": "cpu", "record_dynamics": True,
                                  "dataset": {"name": "digits", "classes": 3, "per_class": 50},
                                  "noise": {"kind": "symmetric", "rate": 0.2, "exact": True},
                                  "model": {"depth": 2, "width": 32, "feature_dim": 8}, "optim": {"lr": 0.05}})
-    rec = DynamicsRecorder(d)
     for e in (1, 2, 3):
         train(cfg, run_dir=d, resume=e > 1, progress=False, max_epochs=e)
-        run = load_run(d)
-        rec.record_model(e, run.model, run.data.x_train, run.data.y_train)
+    assert DynamicsRecorder(d).epochs() == [1, 2, 3]
     return d
 
 
@@ -191,7 +188,9 @@ def test_detect_cli_writes_ranked_csv(run_with_dynamics, tmp_path):
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 150
     assert list(rows[0])[:5] == ["index", "dataset_index", "given_label", "score", "rank"]
-    assert {"score_centroid_ratio", "score_knn_disagreement", "score_aum", "clean_label", "is_mislabeled"} <= set(rows[0])
+    assert {"score_centroid_ratio", "score_knn_disagreement", "score_aum", "flagged", "clean_label",
+            "is_mislabeled"} <= set(rows[0])
+    assert "flagged" in r.output and sum(int(r["flagged"]) for r in rows) > 0
     scores = [float(r["score"]) for r in rows]
     assert scores == sorted(scores, reverse=True) and rows[0]["rank"] == "1"
     assert sorted(int(r["index"]) for r in rows) == list(range(150))
