@@ -2,21 +2,29 @@
 
 Two passes over the data, never holding all features:
 
-* **pass 1** (``update``): per-class counts and sums, per-class M2 and — with
-  ``within="full"`` — the pooled d×d within-class scatter (Chan's formula, float64);
-  sums for the clean centroids; logit moments; accuracy and ECE bins.
+* **pass 1** (``update``): per-class counts and sums (one ``index_add_`` per chunk into
+  2C rows: mislabeled and clean samples apart, which gives the clean centroids too); with
+  ``within="full"`` also per-class M2 and the pooled d×d within-class scatter (Chan's
+  formula, float64), logit moments and accuracy/ECE.
 * **pass 2** (``start_second_pass`` then ``update`` again over the same data):
-  everything that needs the final class means — the nearest-class-centre
-  mismatch (NC4), memorization, dilation, the noisy-centroid projection, the
-  optional per-sample scores, and with ``within="projected"`` the projection
-  ``Qᵀ Σ_W Q`` that NC1 needs (O(b·d·C) per batch instead of O(b·d²)).
+  everything that needs the final class means, from *one* float64 GEMM per chunk on the
+  within-class deviations ``r = h − μ_y`` — NC1's projection ``Qᵀ Σ_W Q``
+  (``within="projected"``), the per-class M2 (CDNV, trace ratio), the nearest-class-centre
+  mismatch (NC4), the classifier's logits ``W h`` (accuracy, ECE and NC1 on the logits
+  when the classifier is given instead of logits), memorization, dilation, the
+  noisy-centroid projection and the optional per-sample scores.
 
 With ``within="full"``, ``compute()`` after pass 1 alone already gives NC1–NC3,
 CDNV, accuracy and ECE; the pass-2 metrics are then ``None`` and listed in
-``result.info["missing"]``. Memory is O(C·d + d²) (full) or O(C·d) (projected),
-independent of n; per-sample scores are O(n) scalars when asked for.
+``result.info["missing"]``. Memory is O(C·d + d²) (full) or O(C·d) (projected) plus one
+chunk, independent of n; per-sample scores are O(n) scalars when asked for. Batches are
+cut into chunks of ``chunk_rows`` rows (default from the cache size, see
+``nclab.metrics.chunking``), so the float64 copy of a chunk stays small whatever batch
+size the caller uses.
 
-State lives in float64 on the device of the first batch (CPU or CUDA).
+State lives in float64 on the device of the first batch (CPU or CUDA). Ranks are decided
+at the precision of the *input* (float32 features → float32 round-off; see
+``within_class.numerical_rank_tol``).
 """
 
 from __future__ import annotations
@@ -28,9 +36,10 @@ import torch
 
 from nclab.metrics import geometry as geo
 from nclab.metrics.calibration import CalibrationState
+from nclab.metrics.chunking import auto_chunk_rows
 from nclab.metrics.conventions import DEFAULT_CONVENTION, Convention, get_convention
 from nclab.metrics.ncc import NCCState
-from nclab.metrics.noise import NoiseState, noise_metrics
+from nclab.metrics.noise import NoiseState, corruption_biases, mean_or_none, noise_metrics
 from nclab.metrics.result import NCResult
 from nclab.metrics.validation import (
     as_tensor,
@@ -38,13 +47,17 @@ from nclab.metrics.validation import (
     check_features,
     check_labels,
     check_num_classes,
+    raise_nonfinite,
+    short_list,
 )
 from nclab.metrics.within_class import (
+    EPS64,
     ClassMoments,
     ProjectedScatter,
     Spectrum,
     cdnv,
     centred_spectrum,
+    input_eps,
     nc1_from_projection,
 )
 
@@ -57,12 +70,23 @@ PASS2_KEYS = (
     "memorization_normalized",
     "dilation",
     "dilation_std",
+    "dilation_std_official",
     "dilation_normalized",
     "noisy_centroid_projection",
     "memorization_per_class",
     "dilation_per_class",
     "noisy_centroid_projection_pairs",
 )
+
+ETF_N2_NOTE = (
+    "nc2_etf_error_means is None for C = 2: the two centred class means are always opposite "
+    "(n_0 (μ_0 − μ_G) = −n_1 (μ_1 − μ_G)), so the error depends only on the label counts"
+)
+
+
+def _to64(x: torch.Tensor) -> torch.Tensor:
+    """A float64 copy of ``x`` that may be modified in place (never the caller's tensor)."""
+    return x.to(torch.float64, copy=True)
 
 
 class NCAccumulator:
@@ -84,6 +108,8 @@ class NCAccumulator:
         Keep per-sample scores from pass 2 (``result.per_sample``).
     ece_bins : int
         Number of equal-width ECE bins (15, as the official code).
+    chunk_rows : int, optional
+        Rows per internal chunk; default ``chunking.auto_chunk_rows(d)``.
     """
 
     def __init__(
@@ -96,15 +122,20 @@ class NCAccumulator:
         within: Literal["full", "projected"] = "full",
         per_sample: bool = False,
         ece_bins: int = 15,
+        chunk_rows: int | None = None,
     ) -> None:
         self.num_classes = check_num_classes(num_classes)
         self.convention = get_convention(convention)
         if within not in ("full", "projected"):
             raise ValueError(f"within must be 'full' or 'projected'; got {within!r}")
+        if chunk_rows is not None and (not isinstance(chunk_rows, int) or chunk_rows < 1):
+            raise ValueError(f"chunk_rows must be a positive integer; got {chunk_rows!r}")
         self.within = within
         self.per_sample = per_sample
         self.ece_bins = ece_bins
+        self.chunk_rows = chunk_rows
         self._weight_in, self._bias_in = weight, bias
+        self._weight_eps = input_eps(*(t.dtype for t in (weight, bias) if isinstance(t, torch.Tensor)))
         self.reset()
 
     # ------------------------------------------------------------------ state
@@ -120,15 +151,25 @@ class NCAccumulator:
         self._calib = CalibrationState(bins=self.ece_bins)
         self._has_clean: bool | None = None
         self._has_logits: bool | None = None
+        self._explicit_logits: bool | None = None
         self._clean_sum: torch.Tensor | None = None
         self._clean_count: torch.Tensor | None = None
         self._mislabeled = 0
+        self._eps_x: float | None = None  # round-off of the feature dtype(s) seen
+        self._eps_z: float | None = None  # round-off of explicit logits
         self._derived: dict[str, Any] | None = None
         self._pass2_n = 0
         self._proj: ProjectedScatter | None = None
+        self._logit_gram: torch.Tensor | None = None
         self._ncc: NCCState | None = None
         self._noise: NoiseState | None = None
         self._samples: dict[str, list[torch.Tensor]] = {}
+
+    @property
+    def _calib_in_pass2(self) -> bool:
+        """With a classifier and no explicit logits, the projected mode forms ``W h`` in pass 2
+        from the shared GEMM (so pass 1 is only sums); the full mode keeps it in pass 1."""
+        return self.within == "projected" and self._weight is not None and not self._explicit_logits
 
     # ------------------------------------------------------------------ input
     def _prepare(self, features, labels, clean_labels, logits):
@@ -139,7 +180,7 @@ class NCAccumulator:
             self._weight, self._bias = check_classifier(
                 self._weight_in, self._bias_in, num_classes=self.num_classes, dim=None, device=dev
             )
-        x = check_features(x, name="features", dim=self._moments.dim)
+        x = check_features(x, name="features", dim=self._moments.dim, convert=False)
         if self._weight is not None and self._weight.shape[1] != x.shape[1]:
             raise ValueError(f"weight has {self._weight.shape[1]} columns but features have dimension {x.shape[1]}")
         n = x.shape[0]
@@ -154,14 +195,18 @@ class NCAccumulator:
             )
         z = None
         if logits is not None:
-            z = check_features(as_tensor(logits, name="logits", device=dev), name="logits")
+            z_in = as_tensor(logits, name="logits", device=dev)
+            z = check_features(z_in, name="logits")
             if z.shape != (n, self.num_classes):
                 raise ValueError(f"logits must have shape ({n}, {self.num_classes}); got {tuple(z.shape)}")
-        elif self._weight is not None and self.phase == 1:
-            z = x @ self._weight.T + (self._bias if self._bias is not None else 0.0)
-        # pass 2 forms W-logits from the shared GEMM on the deviations (see _update_pass2)
+            self._eps_z = max(self._eps_z or 0.0, input_eps(z_in.dtype))
+        self._eps_x = max(self._eps_x or 0.0, input_eps(x.dtype))
         has_logits = logits is not None or self._weight is not None
-        for attr, present, what in (("_has_clean", yc is not None, "clean_labels"), ("_has_logits", has_logits, "logits")):
+        for attr, present, what in (
+            ("_has_clean", yc is not None, "clean_labels"),
+            ("_has_logits", has_logits, "logits"),
+            ("_explicit_logits", logits is not None, "explicit logits"),
+        ):
             seen = getattr(self, attr)
             if seen is None:
                 setattr(self, attr, present)
@@ -172,30 +217,57 @@ class NCAccumulator:
     def update(self, features: Any, labels: Any, *, clean_labels: Any = None, logits: Any = None) -> None:
         """Fold in one batch: ``features`` (b×d), ``labels`` (b), optional ``clean_labels`` (b), ``logits`` (b×C).
 
-        In pass 2 the same batches must be fed again (any order, any partition).
+        In pass 2 the same batches must be fed again (any order, any partition). Large
+        batches are processed in chunks of ``chunk_rows`` rows.
         """
         x, y, yc, z = self._prepare(features, labels, clean_labels, logits)
-        if x.shape[0] == 0:
+        n = x.shape[0]
+        if n == 0:
             return
-        if self.phase == 1:
-            self._update_pass1(x, y, yc, z)
-        else:
-            self._update_pass2(x, y, yc, z)
+        step = self.chunk_rows or auto_chunk_rows(x.shape[1])
+        fn = self._update_pass1 if self.phase == 1 else self._update_pass2
+        for lo in range(0, n, step):
+            hi = min(n, lo + step)
+            fn(x[lo:hi], y[lo:hi], None if yc is None else yc[lo:hi], None if z is None else z[lo:hi])
 
     def _update_pass1(self, x, y, yc, z) -> None:
-        self._moments.update(x, y)
+        C = self.num_classes
+        x64 = _to64(x)
+        # One index_add_ into 2C rows: row y (mislabeled or no clean labels), row C + y (clean).
+        if yc is not None:
+            ok = y == yc
+            slot = torch.where(ok, y + C, y)
+            K = 2 * C
+        else:
+            slot, K = y, C
+        bsum = torch.zeros(K, x64.shape[1], dtype=torch.float64, device=x64.device).index_add_(0, slot, x64)
+        # Cheap finiteness screen: the float64 sums are finite when every entry is (no float32/16
+        # input can overflow them); only if not, look at the entries and count the offenders.
+        if not bool(torch.isfinite(bsum.sum())):
+            raise_nonfinite(x, name="features")
+        counts = torch.bincount(slot, minlength=K).to(torch.float64)
+        m = self._moments
+        if m.track_m2:
+            m.update(x64, y)
+        else:
+            if m.count is None:
+                m._init(x64.shape[1], x64.device)
+            m.count += counts[:C] + counts[C:] if K == 2 * C else counts
+            m.sum += bsum[:C] + bsum[C:] if K == 2 * C else bsum
+        if z is None and self._weight is not None and not self._calib_in_pass2:
+            z = x64 @ self._weight.T
+            if self._bias is not None:
+                z += self._bias
         if z is not None:
             self._logit_moments.update(z, y)
             self._calib.update(z, y, yc)
         if yc is not None:
-            C = self.num_classes
             if self._clean_sum is None:
-                self._clean_sum = torch.zeros(C, x.shape[1], dtype=torch.float64, device=x.device)
-                self._clean_count = torch.zeros(C, dtype=torch.float64, device=x.device)
-            ok = y == yc
-            self._clean_sum.index_add_(0, y[ok], x[ok])
-            self._clean_count.index_add_(0, y[ok], torch.ones(int(ok.sum()), dtype=torch.float64, device=x.device))
-            self._mislabeled += int((~ok).sum())
+                self._clean_sum = torch.zeros(C, x64.shape[1], dtype=torch.float64, device=x64.device)
+                self._clean_count = torch.zeros(C, dtype=torch.float64, device=x64.device)
+            self._clean_sum += bsum[C:]
+            self._clean_count += counts[C:]
+            self._mislabeled += int(counts[:C].sum())
 
     # ------------------------------------------------------------- pass two
     def start_second_pass(self) -> None:
@@ -205,23 +277,30 @@ class NCAccumulator:
         self._derived = self._derive()
         d = self._derived
         self.phase = 2
+        dev = d["means"].device
         if self.within == "projected":
-            self._proj = ProjectedScatter(d["means"], d["spectrum"].U)
+            self._proj = ProjectedScatter(d["means"], d["spectrum"].U[:, : d["proj_k"]])
+        if self._calib_in_pass2:
+            self._logit_gram = torch.zeros(self.num_classes, self.num_classes, dtype=torch.float64, device=dev)
         self._ncc = NCCState()
         if d["centroids"] is not None:
             self._noise = NoiseState(self.num_classes, d["centroids"])
         self._pass2 = self._pass2_tables(d)
 
     def _pass2_tables(self, d: dict[str, Any]) -> dict[str, Any]:
-        """One right-hand side for a single GEMM ``r @ R`` per batch, with r = h − μ_y.
+        """One right-hand side for a single GEMM ``r @ R`` per chunk, with r = h − μ_y.
 
         Every pass-2 quantity is an exact function of the within-class deviation r and
         small C×C tables, so each term stays on the scale of the distances involved
         (no ‖h‖² − 2⟨h, μ⟩ + ‖μ‖² cancellation on collapsed features):
         ``‖h − μ_c‖² = ‖r‖² − 2 r·(μ_c − μ_y) + ‖μ_c − μ_y‖²``,
         ``‖h − ν_k‖² = ‖r‖² + 2 r·(μ_y − ν_k) + ‖μ_y − ν_k‖²``, ``W h = W r + W μ_y``.
+        In the projected mode the columns ``r·(μ_c − μ_G)`` are not in R: μ_c − μ_G lies in
+        the span of Q (all min(d, C) left singular vectors of the centred means), so they
+        are ``(r Q)(Qᵀ(μ_c − μ_G))``, a b×k×C product.
         """
         mu, g = d["means"], d["global_mean"]
+        C = self.num_classes
         blocks, t = {}, {}
         cols = []
 
@@ -231,8 +310,11 @@ class NCAccumulator:
             blocks[name] = slice(start, start + mat.shape[1])
 
         if self.within == "projected":
-            add("proj", d["spectrum"].U)
-        add("mu", (mu - g).T)
+            Q = d["spectrum"].U[:, : d["proj_k"]]
+            add("proj", Q)
+            t["mu_in_q"] = Q.T @ (mu - g).T  # k×C
+        else:
+            add("mu", (mu - g).T)
         t["d_mu"] = ((mu[:, None, :] - mu[None, :, :]) ** 2).sum(-1)  # C×C
         if self._weight is not None:
             add("w", self._weight.T)
@@ -240,8 +322,15 @@ class NCAccumulator:
         if d["centroids"] is not None:
             nu = d["centroids"]
             add("nu", (nu - g).T)
-            t["d_mu_nu"] = ((mu[:, None, :] - nu[None, :, :]) ** 2).sum(-1)  # [y, k] = ‖μ_y − ν_k‖²
-        return {"rhs": torch.cat(cols, dim=1), "blocks": blocks, **t}
+            t["d_mu_nu"] = ((mu[:, None, :] - nu[None, :, :]) ** 2).sum(-1).reshape(-1)  # [y·C + k] = ‖μ_y − ν_k‖²
+            # noisy-centroid projection of a sample of true class c given c' (flat index c'·C + c):
+            # t = (r·(ν_c' − ν_c) + (μ_c' − ν_c)·(ν_c' − ν_c)) / ‖ν_c' − ν_c‖²
+            dnu = nu[:, None, :] - nu[None, :, :]  # [c', c] = ν_c' − ν_c
+            t["proj_off"] = ((mu[:, None, :] - nu[None, :, :]) * dnu).sum(-1).reshape(-1)
+            den = (dnu * dnu).sum(-1)
+            t["proj_den"] = torch.where(den > 0, den, torch.ones_like(den)).reshape(-1)
+        rhs = torch.cat(cols, dim=1) if cols else torch.zeros(mu.shape[1], 0, dtype=torch.float64, device=mu.device)
+        return {"rhs": rhs.contiguous(), "blocks": blocks, "C": C, **t}
 
     def _derive(self) -> dict[str, Any]:
         m = self._moments
@@ -250,19 +339,24 @@ class NCAccumulator:
         empty = [c for c in range(self.num_classes) if float(m.count[c]) == 0]
         if empty:
             raise ValueError(
-                f"class(es) {empty} have no samples (num_classes={self.num_classes}); "
+                f"{len(empty)} class(es) {short_list(empty)} have no samples (num_classes={self.num_classes}); "
                 "NC metrics need every class present — pass num_classes equal to the classes present"
             )
         means = m.means()
         gm = m.sum.sum(dim=0) / m.n if self.convention.global_mean == "samples" else means.mean(dim=0)
         centred = means - gm
-        spectrum = centred_spectrum(centred)
+        eps = self._eps_x if self._eps_x is not None else EPS64
+        scale = float(torch.linalg.vector_norm(means, dim=1).max())
+        spectrum = centred_spectrum(centred, eps=eps, scale=scale)
         C, dim = self.num_classes, m.dim
         msgs = []
         if dim < C - 1:
             msgs.append(f"feature dimension d={dim} < C-1={C - 1}: Σ_B has rank at most {dim}")
         if spectrum.rank < min(C - 1, dim):
-            msgs.append(f"Σ_B is rank-deficient (rank {spectrum.rank} < {min(C - 1, dim)})")
+            msgs.append(
+                f"Σ_B is rank-deficient (numerical rank {spectrum.rank} < {min(C - 1, dim)} at the input's "
+                f"precision, eps={eps:.3g})"
+            )
         if msgs:
             warnings.warn("; ".join(msgs) + f"; NC1 uses rank {spectrum.rank}", RuntimeWarning, stacklevel=3)
         centroids = None
@@ -270,33 +364,51 @@ class NCAccumulator:
             missing = [c for c in range(C) if float(self._clean_count[c]) == 0]
             if missing:
                 warnings.warn(
-                    f"class(es) {missing} have no correctly labelled samples: memorization and "
-                    "dilation are undefined and reported as None",
+                    f"{len(missing)} class(es) {short_list(missing)} have no correctly labelled samples: "
+                    "memorization and dilation are undefined and reported as None",
                     RuntimeWarning,
                     stacklevel=3,
                 )
             else:
                 centroids = self._clean_sum / self._clean_count[:, None]
-        return dict(means=means, global_mean=gm, centred=centred, spectrum=spectrum, centroids=centroids, warnings=msgs)
+        proj_k = spectrum.U.shape[1]  # all min(d, C) directions, so μ_c − μ_G ∈ span(Q) exactly
+        return dict(means=means, global_mean=gm, centred=centred, spectrum=spectrum, centroids=centroids,
+                    warnings=msgs, proj_k=proj_k)
 
     def _update_pass2(self, x, y, yc, z) -> None:
         d, t = self._derived, self._pass2
-        blk = t["blocks"]
+        blk, C = t["blocks"], t["C"]
         self._pass2_n += x.shape[0]
-        r = x - d["means"][y]
+        r = _to64(x)
+        r -= d["means"].index_select(0, y)
         rr = torch.linalg.vector_norm(r, dim=1).square_()
+        if not bool(torch.isfinite(rr.sum())):
+            raise_nonfinite(x, name="features")
         G = r @ t["rhs"]
-        if self._proj is not None:
-            self._proj.add(G[:, blk["proj"]], rr, y)
-        A = G[:, blk["mu"]]  # r·(μ_c − g)
-        Ay = A.gather(1, y[:, None])
-        d2 = (rr[:, None] - 2.0 * (A - Ay) + t["d_mu"][y]).clamp_min_(0.0)
-        ncc_pred = d2.argmin(dim=1)
+        del r
+        if "proj" in blk:
+            Gp = G[:, blk["proj"]]
+            self._proj.add(Gp, rr, y)
+            A = Gp @ t["mu_in_q"]  # r·(μ_c − μ_G)
+        else:
+            A = G[:, blk["mu"]]
+        Ay = A.gather(1, y[:, None]).squeeze(1)
+        # argmin_c ‖h − μ_c‖² = argmin_c (‖μ_c − μ_y‖² − 2 r·(μ_c − μ_y)); ‖r‖² is common to the row
+        score = t["d_mu"].index_select(0, y).sub_(A, alpha=2.0)
+        ncc_pred = score.argmin(dim=1)
         pred_b = pred_nb = None
         if "w" in blk:
-            lin = G[:, blk["w"]] + t["w_mu"][y]  # W h
+            Gw = G[:, blk["w"]]  # W r
+            lin = t["w_mu"].index_select(0, y).add_(Gw)  # W h
             pred_nb = lin.argmax(dim=1)
-            pred_b = (lin + self._bias).argmax(dim=1) if self._bias is not None else pred_nb
+            if self._bias is not None:
+                lin += self._bias
+                pred_b = lin.argmax(dim=1)
+            else:
+                pred_b = pred_nb
+            if self._calib_in_pass2:
+                self._logit_gram += Gw.T @ Gw
+                self._calib.update(lin, y, yc)
         if z is not None:  # explicit logits decide the biased prediction
             pred_b = z.argmax(dim=1)
             if pred_nb is None and self._bias is None:
@@ -304,11 +416,17 @@ class NCAccumulator:
         self._ncc.update(ncc_pred, pred_b, pred_nb)
         dist_true = None
         if self._noise is not None and yc is not None:
-            B = G[:, blk["nu"]]  # r·(ν_k − g)
-            cross = Ay.squeeze(1) - B.gather(1, yc[:, None]).squeeze(1)  # r·(μ_y − ν_yc)
-            dist_true = (rr + 2.0 * cross + t["d_mu_nu"][y, yc]).clamp_min_(0.0).sqrt_()
-            self._noise.update(x, y, yc, dist_true)
+            B = G[:, blk["nu"]]  # r·(ν_k − μ_G)
+            By = B.gather(1, y[:, None]).squeeze(1)
+            Byc = B.gather(1, yc[:, None]).squeeze(1)
+            pair_given = y * C + yc  # [given, true]
+            dist_true = (rr + 2.0 * (Ay - Byc) + t["d_mu_nu"][pair_given]).clamp_min_(0.0).sqrt_()
+            noisy = y != yc
+            proj = (By - Byc + t["proj_off"][pair_given]) / t["proj_den"][pair_given]
+            slot = torch.where(noisy, yc, yc + C)
+            self._noise.update(slot, dist_true, yc * C + y, proj, noisy)
         if self.per_sample:
+            d2 = score.add_(rr[:, None]).sub_(Ay[:, None], alpha=-2.0).clamp_min_(0.0)
             other = d2.scatter(1, y[:, None], float("inf")).min(dim=1).values
             rec = {"dist_given_mean": rr.sqrt(), "dist_nearest_other_mean": other.sqrt(), "ncc_pred": ncc_pred}
             if dist_true is not None:
@@ -332,6 +450,9 @@ class NCAccumulator:
             self._pass2_n += other._pass2_n
             if self._proj is not None:
                 self._proj.merge(other._proj)
+            if self._logit_gram is not None:
+                self._logit_gram += other._logit_gram.to(self._logit_gram.device)
+                self._calib.merge(other._calib)
             self._ncc.merge(other._ncc)
             if self._noise is not None:
                 self._noise.merge(other._noise)
@@ -345,8 +466,14 @@ class NCAccumulator:
             self._device = other._device
             self._weight, self._bias = other._weight, other._bias
             self._has_clean, self._has_logits = other._has_clean, other._has_logits
-        elif (self._has_clean, self._has_logits) != (other._has_clean, other._has_logits):
+            self._explicit_logits = other._explicit_logits
+        elif (self._has_clean, self._has_logits, self._explicit_logits) != (
+            other._has_clean, other._has_logits, other._explicit_logits
+        ):
             raise ValueError("cannot merge: one accumulator saw clean_labels/logits and the other did not")
+        for attr in ("_eps_x", "_eps_z"):
+            mine, theirs = getattr(self, attr), getattr(other, attr)
+            setattr(self, attr, theirs if mine is None else mine if theirs is None else max(mine, theirs))
         self._moments.merge(other._moments)
         self._logit_moments.merge(other._logit_moments)
         self._calib.merge(other._calib)
@@ -402,14 +529,20 @@ class NCAccumulator:
             v["nc1_trace_ratio"] = None
         else:
             v["nc1_trace_ratio"] = tr_w / tr_b if tr_b > 0 else float("inf")
-        v["nc1_logits"] = self._nc1_logits(conv) if self._has_logits else None
-        v["cdnv"] = None if m2 is None else cdnv(means, m2 / (m.count - conv.std_ddof).clamp_min(1.0))
+        logit_spec = self._nc1_logits(conv, d) if self._has_logits else None
+        v["nc1_logits"] = None if logit_spec is None else logit_spec[0]
+        v["cdnv"] = None if m2 is None else cdnv(means, m2 / (m.count - conv.cdnv_ddof).clamp_min(1.0))
 
         # NC2 / NC3 / NC4 geometry
         ddof = conv.std_ddof
         v["nc2_equinorm_means"] = geo.coefficient_of_variation(torch.linalg.vector_norm(centred, dim=1), ddof=ddof)
         v["nc2_equiangular_means"], v["nc2_cos_std_means"] = geo.cosine_stats(centred, ddof=ddof)
-        v["nc2_etf_error_means"] = geo.etf_error(centred @ centred.T)
+        notes: list[str] = []
+        if C == 2:
+            v["nc2_etf_error_means"] = None
+            notes.append(ETF_N2_NOTE)
+        else:
+            v["nc2_etf_error_means"] = geo.etf_error(centred @ centred.T)
         v["nc2_orthogonal_error_means"] = geo.orthogonal_error(means @ means.T)
         if W is not None:
             Wg = W - W.mean(dim=0) if conv.center_weights else W
@@ -428,13 +561,21 @@ class NCAccumulator:
                 v[k] = None
 
         # classifier outputs
-        if self._has_logits:
+        calib_pending = self._calib_in_pass2 and self.phase == 1
+        if self._has_logits and not calib_pending:
             v["accuracy"] = self._calib.accuracy()
             v["accuracy_clean"] = self._calib.accuracy_clean()
             v["ece"] = self._calib.ece()
         else:
             v["accuracy"] = v["accuracy_clean"] = v["ece"] = None
         v["realized_noise_rate"] = self._mislabeled / n if self._has_clean else None
+        if self._has_clean:
+            noisy_count = m.count - self._clean_count
+            biases = corruption_biases(means, m.sum - self._clean_sum, noisy_count)
+            v["corruption_biases"] = biases
+            v["corruption_bias_mean"] = mean_or_none(biases)
+        else:
+            v["corruption_biases"] = v["corruption_bias_mean"] = None
 
         # pass-2 metrics
         missing: list[str] = []
@@ -453,6 +594,8 @@ class NCAccumulator:
                 v[k] = None
             v["clean_centroid_distance"] = None
             missing = list(PASS2_KEYS) + (["nc1", "nc1_pinv", "nc1_trace_ratio", "cdnv"] if P is None else [])
+            if calib_pending:
+                missing += ["accuracy", "accuracy_clean", "ece", "nc1_logits"]
         per_sample = None
         if self.per_sample and self.phase == 2:
             per_sample = {k: torch.cat(vs).numpy() for k, vs in self._samples.items()}
@@ -461,18 +604,52 @@ class NCAccumulator:
             "within": self.within,
             "nc1_rank": spectrum.rank,
             "pinv_rank": spectrum.pinv_rank,
-            "warnings": list(d["warnings"]),
+            "rank_tol": spectrum.tol,
+            "input_eps": spectrum.eps,
+            "nc1_logits_rank": None if logit_spec is None else logit_spec[1],
+            "warnings": list(d["warnings"]) + ([] if logit_spec is None else logit_spec[2]),
+            "notes": notes,
             "missing": missing,
         }
         return NCResult(values=v, per_sample=per_sample, info=info)
 
-    def _nc1_logits(self, conv: Convention) -> float | None:
-        lm = self._logit_moments
-        if lm.n == 0:
-            return None
-        means = lm.means()
-        gm = lm.sum.sum(dim=0) / lm.n if conv.global_mean == "samples" else means.mean(dim=0)
-        spec = centred_spectrum(means - gm)
-        P = spec.U.T @ (lm.scatter / lm.n) @ spec.U
-        return nc1_from_projection(P, spec, num_classes=self.num_classes, divide=conv.nc1_divide_by_classes, pinv=False)
+    def _nc1_logits(self, conv: Convention, d: dict[str, Any]) -> tuple[float, int, list[str]] | None:
+        """(NC1 of the logits, the rank it used, warnings), or None when not available yet.
 
+        Explicit logits (or the full mode's pass-1 logits) come from their own class moments.
+        With the classifier in the projected mode the logits are ``z = W h + b``: their class
+        means are ``W μ_c + b`` and their within-class scatter ``W S_W Wᵀ`` is the Gram of the
+        pass-2 columns ``W r`` — the same numbers without a pass-1 GEMM. The rank is decided at
+        the precision of the logits' inputs (explicit logits: their dtype; formed logits: the
+        features' and the classifier's dtypes).
+        """
+        C = self.num_classes
+        if self._logit_moments.n > 0:
+            lm = self._logit_moments
+            means = lm.means()
+            scatter = lm.scatter
+            n = lm.n
+            gm = lm.sum.sum(dim=0) / n if conv.global_mean == "samples" else means.mean(dim=0)
+            eps = self._eps_z if self._explicit_logits and self._eps_z is not None else max(
+                self._eps_x or EPS64, self._weight_eps)
+        elif self._logit_gram is not None and self.phase == 2:
+            W, b = self._weight, self._bias
+            means = d["means"] @ W.T + (b if b is not None else 0.0)
+            n = self._moments.n
+            gm = d["global_mean"] @ W.T + (b if b is not None else 0.0)
+            scatter = self._logit_gram
+            eps = max(self._eps_x or EPS64, self._weight_eps)
+        else:
+            return None
+        scale = float(torch.linalg.vector_norm(means, dim=1).max())
+        spec = centred_spectrum(means - gm, eps=eps, scale=scale)
+        msgs = []
+        if spec.rank < C - 1:
+            msgs.append(
+                f"the logits' Σ_B is rank-deficient (numerical rank {spec.rank} < {C - 1} at eps={eps:.3g}); "
+                f"nc1_logits uses rank {spec.rank}"
+            )
+            warnings.warn(msgs[-1], RuntimeWarning, stacklevel=3)
+        P = spec.U.T @ (scatter / n) @ spec.U
+        val = nc1_from_projection(P, spec, num_classes=C, divide=conv.nc1_divide_by_classes, pinv=False)
+        return val, spec.rank, msgs

@@ -10,6 +10,7 @@ knob                   papyan2020  papyan_colab  zhu2021    rhubarbwu
 global_mean            samples     samples       samples    classes
 nc1_divide_by_classes  yes         yes           yes        yes
 std_ddof               0           1             0          1
+cdnv_ddof              0           1             0          0
 center_weights         no          no            no         no
 bias_sign (Wμ_G ± b)   +           +             −          +
 ncc_use_bias           yes         yes           yes        no
@@ -20,8 +21,16 @@ ncc_use_bias           yes         yes           yes        no
   class means (rhubarbwu/neural-collapse). They differ when classes are
   imbalanced, which label noise makes them.
 - ``std_ddof``: the degrees of freedom of the standard deviations in the
-  equinorm coefficient of variation and the cosine spread (numpy's default 0 vs
-  torch's default 1, which the Colab notebook and rhubarbwu inherit).
+  equinorm coefficient of variation (``nc2_equinorm_*``), the cosine spread
+  (``nc2_cos_std_*``) and the pooled ``memorization_std`` / ``dilation_std``
+  (numpy's default 0 vs torch's default 1, which the Colab notebook and rhubarbwu
+  inherit).
+- ``cdnv_ddof``: the per-class variances in CDNV are
+  ``σ_c² = Σ_{i∈c} ‖h_i − μ_c‖² / (n_c − cdnv_ddof)``. rhubarbwu/neural-collapse divides
+  by n_c (``VarNormAccumulator`` totals over counts), so its preset has 0; the Colab
+  preset keeps torch's unbiased 1.
+- Always ddof 0, whatever the convention: ``dilation_std_official`` (``np.std`` per
+  class in the official M-D code), ``nc2_equiangular_*`` (a mean, no ddof), ECE.
 - ``center_weights``: compute NC2 Gram errors of ``W`` after subtracting the mean
   classifier row.
 - ``bias_sign``: NC4's bias term ``‖W μ_G + s·b‖`` with ``s = ±1`` (the official M-D
@@ -47,6 +56,7 @@ class Convention:
     global_mean: Literal["samples", "classes"] = "samples"
     nc1_divide_by_classes: bool = True
     std_ddof: int = 0
+    cdnv_ddof: int = 0
     center_weights: bool = False
     bias_sign: int = 1
     ncc_use_bias: bool = True
@@ -54,15 +64,16 @@ class Convention:
     def __post_init__(self) -> None:
         if self.global_mean not in ("samples", "classes"):
             raise ValueError(f"global_mean must be 'samples' or 'classes'; got {self.global_mean!r}")
-        if self.std_ddof not in (0, 1):
-            raise ValueError(f"std_ddof must be 0 or 1; got {self.std_ddof}")
+        for knob in ("std_ddof", "cdnv_ddof"):
+            if getattr(self, knob) not in (0, 1):
+                raise ValueError(f"{knob} must be 0 or 1; got {getattr(self, knob)}")
         if self.bias_sign not in (-1, 1):
             raise ValueError(f"bias_sign must be +1 or -1; got {self.bias_sign}")
 
 
 CONVENTIONS: dict[str, Convention] = {
     "papyan2020": Convention("papyan2020"),
-    "papyan_colab": Convention("papyan_colab", std_ddof=1),
+    "papyan_colab": Convention("papyan_colab", std_ddof=1, cdnv_ddof=1),
     "zhu2021": Convention("zhu2021", bias_sign=-1),
     "rhubarbwu": Convention("rhubarbwu", global_mean="classes", std_ddof=1, ncc_use_bias=False),
 }

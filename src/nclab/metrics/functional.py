@@ -7,9 +7,10 @@ from typing import Any, Callable, Iterable, Literal, Mapping
 import torch
 
 from nclab.metrics.accumulator import NCAccumulator
+from nclab.metrics.chunking import auto_chunk_rows
 from nclab.metrics.conventions import DEFAULT_CONVENTION, Convention
 from nclab.metrics.result import NCResult
-from nclab.metrics.validation import as_tensor
+from nclab.metrics.validation import as_tensor, infer_num_classes
 
 Batch = Mapping[str, Any]
 
@@ -43,6 +44,7 @@ def evaluate_stream(
     per_sample: bool = False,
     within: Literal["full", "projected"] = "projected",
     cache_bytes: int = 256 * 2**20,
+    chunk_rows: int | None = None,
 ) -> NCResult:
     """All metrics from a re-iterable stream of batches, in two passes.
 
@@ -50,12 +52,13 @@ def evaluate_stream(
     ``labels`` (b) and optionally ``clean_labels`` (b) and ``logits`` (b×C).
     Pass 1 keeps the batches while they fit in ``cache_bytes``; if the stream is
     larger, the cache is dropped and ``make_batches()`` is called again for pass 2
-    (so peak memory is bounded by ``cache_bytes`` plus O(C·d), whatever n is).
-    The stream must yield the same samples both times (the order may differ
-    unless ``per_sample`` is set).
+    (so peak memory is bounded by ``cache_bytes`` plus O(C·d) plus one chunk, whatever
+    n is). The stream must yield the same samples both times (the order may differ
+    unless ``per_sample`` is set). ``chunk_rows``: see ``NCAccumulator``.
     """
     acc = NCAccumulator(
-        num_classes, convention=convention, weight=weight, bias=bias, within=within, per_sample=per_sample
+        num_classes, convention=convention, weight=weight, bias=bias, within=within, per_sample=per_sample,
+        chunk_rows=chunk_rows,
     )
     cache: list[Batch] | None = []
     used = 0
@@ -85,13 +88,17 @@ def nc_metrics(
     convention: str | Convention = DEFAULT_CONVENTION,
     per_sample: bool = False,
     within: Literal["full", "projected"] = "projected",
-    batch_size: int = 8192,
+    batch_size: int | None = None,
+    chunk_rows: int | None = None,
 ) -> NCResult:
     """All metrics for in-memory ``features`` (n×d) and ``labels`` (n); numpy or torch, any device.
 
-    ``num_classes`` defaults to ``max(labels) + 1`` (and to the rows of ``weight``
-    or columns of ``logits`` when those are given). Works in chunks of
-    ``batch_size`` rows so intermediate n×C arrays stay small.
+    ``num_classes`` defaults to the rows of ``weight`` or the columns of ``logits`` when
+    those are given, else to ``max(labels) + 1`` — refused for sparse labels (max label
+    ≥ 10·n or above 100,000), which must pass ``num_classes``. The accumulator works in
+    chunks of ``chunk_rows`` rows (default from the cache size and d) so intermediate
+    arrays stay small; ``batch_size`` (default 8 chunks) is how many rows are handed to it
+    at a time (slices are views, so this only matters for non-contiguous input).
     """
     y = as_tensor(labels, name="labels")
     if num_classes is None:
@@ -99,13 +106,15 @@ def nc_metrics(
             num_classes = int(as_tensor(weight, name="weight").shape[0])
         elif logits is not None:
             num_classes = int(as_tensor(logits, name="logits").shape[-1])
-        elif y.numel():
-            num_classes = int(y.max()) + 1
         else:
-            raise ValueError("labels are empty")
+            num_classes = infer_num_classes(y)
     n = len(y)
     if len(features) != n:
         raise ValueError(f"features have {len(features)} rows but labels have {n} entries")
+    if batch_size is None:
+        shape = getattr(features, "shape", None)
+        dim = int(shape[1]) if shape is not None and len(shape) == 2 else 1
+        batch_size = 8 * (chunk_rows or auto_chunk_rows(dim))
 
     def batches():
         for i in range(0, n, batch_size):
@@ -126,4 +135,5 @@ def nc_metrics(
         per_sample=per_sample,
         within=within,
         cache_bytes=0,
+        chunk_rows=chunk_rows,
     )

@@ -6,12 +6,13 @@ label range); nothing is silently dropped or coerced to NaN.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 _FLOAT = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+SPARSE_MAX_LABEL = 100_000  # max label above which C must be given explicitly
 
 
 def as_tensor(x: Any, *, name: str, device: torch.device | None = None) -> torch.Tensor:
@@ -32,25 +33,74 @@ def as_tensor(x: Any, *, name: str, device: torch.device | None = None) -> torch
     return t
 
 
-def check_features(x: torch.Tensor, *, name: str = "features", dim: int | None = None) -> torch.Tensor:
-    """2-D floating array with finite values; returns it as float64."""
+def check_features(
+    x: torch.Tensor, *, name: str = "features", dim: int | None = None, convert: bool = True
+) -> torch.Tensor:
+    """2-D floating array with finite values; returns it as float64.
+
+    With ``convert=False`` only the shape and dtype are checked and ``x`` is returned as is:
+    the accumulator converts chunk by chunk and screens finiteness through the float64
+    sums it forms anyway (``raise_nonfinite`` names the offenders).
+    """
     if x.ndim != 2:
         raise ValueError(f"{name} must have shape (n, d); got shape {tuple(x.shape)}")
     if x.dtype not in _FLOAT:
         raise TypeError(f"{name} must be floating point; got dtype {x.dtype}")
     if dim is not None and x.shape[1] != dim:
         raise ValueError(f"{name} has dimension {x.shape[1]}, but earlier batches had {dim}")
+    if not convert:
+        return x
     x64 = x.to(torch.float64)
     # Cheap screen: a float64 sum is finite when every entry is (float32/16 inputs cannot
     # overflow it); only if it is not, look at the entries and count the offenders.
     if not bool(torch.isfinite(x64.sum())):
-        bad = ~torch.isfinite(x)
-        if bool(bad.any()):
-            rows = int(bad.any(dim=1).sum())
-            raise ValueError(
-                f"{name} has {int(bad.sum())} non-finite values (NaN or inf) in {rows} of {x.shape[0]} rows"
-            )
+        raise_nonfinite(x, name=name)
     return x64
+
+
+def raise_nonfinite(x: torch.Tensor, *, name: str) -> None:
+    """Raise naming how many entries (and rows) of ``x`` are NaN or inf; return if there are
+    none (a float64 sum of huge finite values can overflow without any bad entry)."""
+    bad = ~torch.isfinite(x)
+    if bool(bad.any()):
+        rows = int(bad.any(dim=1).sum())
+        raise ValueError(f"{name} has {int(bad.sum())} non-finite values (NaN or inf) in {rows} of {x.shape[0]} rows")
+
+
+def short_list(items: Sequence[Any], *, limit: int = 10) -> str:
+    """``[a, b, c]`` for short lists; ``[a, b, …, z] (N in all)`` past ``limit`` items, so an
+    error about 10⁵ classes stays one line."""
+    items = list(items)
+    if len(items) <= limit:
+        return "[" + ", ".join(map(str, items)) + "]"
+    head = ", ".join(map(str, items[: limit - 2]))
+    return f"[{head}, …, {items[-1]}] ({len(items)} in all)"
+
+
+def infer_num_classes(labels: torch.Tensor, *, what: str = "num_classes") -> int:
+    """C = max label + 1, refusing sparse labels.
+
+    Sparse labels (max label ≥ 10·n, or above ``SPARSE_MAX_LABEL``) would allocate C×d state
+    for mostly empty classes — labels {0, 10⁹} would need gigabytes — so they raise and ask
+    for ``num_classes`` (remap the labels to 0..C−1 first if they are ids, not indices).
+    """
+    if labels.numel() == 0:
+        raise ValueError("labels are empty")
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.dtype.is_complex:
+        check_labels(labels, n=labels.shape[0], num_classes=2**62)  # raises, naming the dtype
+    lo, hi = int(labels.min()), int(labels.max())
+    if lo < 0:
+        raise ValueError(f"labels must be non-negative class indices; got a minimum of {lo}")
+    n = int(labels.numel())
+    if hi >= 10 * n or hi > SPARSE_MAX_LABEL:
+        present = int(torch.unique(labels).numel())
+        raise ValueError(
+            f"labels look sparse: the largest label is {hi} but there are only {n} samples "
+            f"({present} distinct labels), so taking C = max label + 1 = {hi + 1} would allocate "
+            f"state for {hi + 1 - present} empty classes. Pass {what} explicitly "
+            "(or remap the labels to 0..C−1)"
+        )
+    return hi + 1
 
 
 def check_labels(y: torch.Tensor, *, n: int, num_classes: int, name: str = "labels") -> torch.Tensor:

@@ -139,25 +139,53 @@ class Spectrum:
     U: torch.Tensor  # d×k, k = min(d, C)
     s: torch.Tensor  # k
     rank: int  # rank used by NC1: min(C-1, numerical rank)
-    pinv_rank: int  # eigenvalues of Σ_B kept by the default pinv cutoff
+    pinv_rank: int  # eigenvalues of Σ_B kept by the pinv cutoff
+    tol: float = 0.0  # singular-value cut-off behind ``rank``
+    eps: float = EPS64  # unit round-off of the input the means came from
 
 
-def centred_spectrum(centred: torch.Tensor) -> Spectrum:
+def input_eps(*dtypes: torch.dtype | None) -> float:
+    """The unit round-off that limits a computation on inputs of these dtypes: the largest
+    ``finfo(dtype).eps`` among them (float64 when none is given). Means of float32 data are
+    accumulated in float64, but the data only resolve ~1e-7 relative, so a rank decided at
+    float64 precision counts float32 rounding noise as signal."""
+    eps = [float(torch.finfo(t).eps) for t in dtypes if t is not None and t.is_floating_point]
+    return max(eps) if eps else EPS64
+
+
+def numerical_rank_tol(s_max: float, *, shape: tuple[int, int], eps: float, scale: float = 0.0) -> float:
+    """The singular-value cut-off shared by every NC1 form (features, logits, pinv, SVD).
+
+    ``tol = eps · (max(d, C) · s_max + √C · scale)`` — numpy's ``matrix_rank`` rule at the
+    precision of the *input* (``eps`` from :func:`input_eps`), plus the rounding floor of the
+    means themselves: each row of the C×d matrix of centred means can carry a rounding error
+    of ``eps · ‖μ_c‖`` however it was averaged, which ``scale = max_c ‖μ_c‖`` (the uncentred
+    means) bounds; their spectral norm is at most ``√C`` times that.
+    """
+    d, C = shape
+    return eps * (max(d, C) * s_max + math.sqrt(C) * scale)
+
+
+def centred_spectrum(centred: torch.Tensor, *, eps: float = EPS64, scale: float = 0.0) -> Spectrum:
     """SVD of the centred class means (rows of ``centred`` are μ_c − μ_G).
 
-    The numerical rank counts singular values above ``s_max · max(d, C) · eps``;
-    NC1 uses at most C−1 of them: Σ_B has rank ≤ C−1 for either global mean, since
-    ``Σ_c w_c (μ_c − μ_G) = 0`` with ``w_c = n_c`` (sample-weighted μ_G) or ``w_c = 1``. ``pinv_rank`` reproduces ``torch.linalg.pinv(Σ_B, hermitian=True)``'s
-    default cutoff, eigenvalue ``λ_j = s_j²/C`` kept iff ``λ_j > λ_max · d · eps``.
+    The numerical rank counts singular values above :func:`numerical_rank_tol` (``eps`` is the
+    input's precision, ``scale`` the largest uncentred class-mean norm); NC1 uses at most C−1
+    of them: Σ_B has rank ≤ C−1 for either global mean, since ``Σ_c w_c (μ_c − μ_G) = 0``
+    with ``w_c = n_c`` (sample-weighted μ_G) or ``w_c = 1``. ``pinv_rank`` is the
+    ``pinv(Σ_B, hermitian=True)`` rule at the same precision: eigenvalue ``λ_j = s_j²/C``
+    kept iff ``λ_j > λ_max · max(d, C) · eps`` and ``s_j`` above the shared cut-off
+    (for float64 input and d ≥ C this is torch's default ``pinv`` cut-off).
     """
     C, d = centred.shape
     U, s, _ = torch.linalg.svd(centred.T, full_matrices=False)
     smax = float(s[0]) if s.numel() else 0.0
     if smax == 0.0:
-        return Spectrum(U, s, 0, 0)
-    numerical = int((s > smax * max(d, C) * EPS64).sum())
-    pinv_rank = int((s * s > smax * smax * d * EPS64).sum())
-    return Spectrum(U, s, min(C - 1, numerical), pinv_rank)
+        return Spectrum(U, s, 0, 0, 0.0, eps)
+    tol = numerical_rank_tol(smax, shape=(d, C), eps=eps, scale=scale)
+    numerical = int((s > tol).sum())
+    pinv_rank = int(((s * s > smax * smax * max(d, C) * eps) & (s > tol)).sum())
+    return Spectrum(U, s, min(C - 1, numerical), pinv_rank, tol, eps)
 
 
 def nc1_from_projection(P: torch.Tensor, spec: Spectrum, *, num_classes: int, divide: bool, pinv: bool) -> float:

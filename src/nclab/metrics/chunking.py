@@ -1,0 +1,64 @@
+"""Chunk sizes for the streaming passes, chosen from the cache and the data.
+
+Each chunk is converted to float64 once and then read by a few fused operations
+(index_add, the one GEMM, a norm), so it should stay in the per-core cache while that
+happens; but torch's per-call overhead (a few µs per operation, ~40 operations per chunk)
+argues for large chunks. ``auto_chunk_rows`` takes the float64 working set of a chunk
+(``rows · d · 8`` bytes, about two such arrays live at once) to the size of the per-core
+L2 cache times ``CACHE_FACTOR``, rounded down to a power of two and clamped to
+``[MIN_ROWS, MAX_ROWS]``. The factor and bounds were measured with
+``benchmarks/bench_metrics.py --chunk-sweep`` (1 thread, 2.5 MiB L2 per 2 cores).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+MIN_ROWS = 256
+MAX_ROWS = 8192
+CACHE_FACTOR = 2.0  # chunks somewhat above L2 still stream well from L3 and halve the call overhead
+DEFAULT_L2 = 1 << 20
+
+
+def _parse_size(text: str) -> int | None:
+    text = text.strip().upper()
+    mult = 1
+    for suffix, m in (("K", 1 << 10), ("M", 1 << 20), ("G", 1 << 30)):
+        if text.endswith(suffix):
+            text, mult = text[:-1], m
+            break
+    try:
+        return int(float(text) * mult)
+    except ValueError:
+        return None
+
+
+@functools.lru_cache(maxsize=1)
+def l2_cache_bytes() -> int:
+    """Per-core L2 cache size from sysfs (Linux); ``DEFAULT_L2`` (1 MiB) when unknown.
+    ``NCLAB_L2_BYTES`` overrides it (for tests and odd machines)."""
+    env = os.environ.get("NCLAB_L2_BYTES")
+    if env:
+        v = _parse_size(env)
+        if v and v > 0:
+            return v
+    base = Path("/sys/devices/system/cpu/cpu0/cache")
+    try:
+        for idx in sorted(base.glob("index*")):
+            if (idx / "level").read_text().strip() == "2" and (idx / "type").read_text().strip() in ("Unified", "Data"):
+                size = _parse_size((idx / "size").read_text())
+                if size:
+                    return size
+    except OSError:
+        pass
+    return DEFAULT_L2
+
+
+def auto_chunk_rows(dim: int, *, cache_bytes: int | None = None) -> int:
+    """Rows per chunk for features of dimension ``dim`` (see the module docstring)."""
+    cache = l2_cache_bytes() if cache_bytes is None else cache_bytes
+    rows = int(cache * CACHE_FACTOR) // max(1, 2 * 8 * dim)
+    rows = max(MIN_ROWS, min(MAX_ROWS, rows))
+    return 1 << (rows.bit_length() - 1)
