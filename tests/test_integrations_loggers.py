@@ -149,3 +149,36 @@ def test_cli_log_options_and_resume_continues_the_mlflow_run(tmp_path, monkeypat
 
     bad = runner.invoke(app, [*args, "--overwrite", "--log", "wandb"])
     assert bad.exit_code == 2 and "unknown logger" in bad.output
+
+
+@pytest.mark.slow
+def test_sweep_log_options(tmp_path, monkeypatch, mlflow_uri):
+    import yaml
+
+    from nclab.cli import _register_all, app
+
+    _register_all()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_uri)
+    base: dict = {}
+    for o in TINY:
+        k, v = o.split("=")
+        node = base
+        *head, last = k.split(".")
+        for h in head:
+            node = node.setdefault(h, {})
+        node[last] = yaml.safe_load(v)
+    spec = {"name": "logsweep", "base": base, "grid": {"seed": [0, 1]}}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    store = tmp_path / "store"
+    res = CliRunner().invoke(app, ["sweep", str(tmp_path / "spec.yaml"), "--store", str(store), "--executor", "inline",
+                                   "--no-progress", "--log", "tensorboard", "--log", "mlflow"])
+    assert res.exit_code == 0, res.output
+    run_dirs = sorted((store / "runs").iterdir())
+    assert len(run_dirs) == 2
+    for rd in run_dirs:
+        assert sorted({s for s, _ in _tb_scalars(rd / "tensorboard")["test_acc"]}) == [1, 2]
+    client, runs = _mlflow_history(mlflow_uri, "logsweep")
+    assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
+    assert {r.data.params["seed"] for r in runs} == {"0", "1"}
+    bad = CliRunner().invoke(app, ["sweep", str(tmp_path / "spec.yaml"), "--store", str(store), "--log", "nope"])
+    assert bad.exit_code == 2 and "unknown logger" in bad.output

@@ -111,6 +111,27 @@ def _print_summary(summary: Any, store: Any) -> None:
     typer.echo(f"store: {store.root} ({store.db_path.name})")
 
 
+def _with_loggers(fn: Any, log: list[str], *, run_fn: Optional[str], store_root: Path, experiment: str) -> Any:
+    """The trainer with ``--log`` bound (a picklable partial); one MLflow store for the sweep,
+    its tables and experiment created here so parallel runs do not race to create them."""
+    import functools  # noqa: PLC0415
+
+    from nclab.integrations.loggers import LOGGER_NAMES, MLflowLogger, make_loggers  # noqa: PLC0415
+    from nclab.sweep.run import train_run  # noqa: PLC0415
+
+    if run_fn is not None:
+        raise ValueError("--log works with the built-in trainer only, not with --run-fn")
+    make_loggers(log, run_dir=store_root)  # validates the names and that the engines are installed
+    names = tuple(n.strip().lower() for n in log if n.strip().lower() in LOGGER_NAMES)
+    uri = None
+    if "mlflow" in names:
+        import os  # noqa: PLC0415
+
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{store_root.resolve() / 'mlflow.db'}"
+        MLflowLogger(tracking_uri=uri, experiment=experiment).experiment_id()
+    return functools.partial(train_run, log=names, mlflow_uri=uri, experiment=experiment)
+
+
 def register(app: typer.Typer) -> None:
     """Add ``sweep``, ``search``, ``reproduce``, ``report`` and ``store-export`` to ``app``."""
 
@@ -130,6 +151,7 @@ def register(app: typer.Typer) -> None:
             None, "--run-fn", hidden=True,
             help="module:function to call instead of the trainer (configs are then not validated by TrainConfig)",
         ),
+        log: list[str] = typer.Option([], "--log", help="also log every run to tensorboard (RUN_DIR/tensorboard) or mlflow (MLFLOW_TRACKING_URI, else STORE/mlflow.db, experiment = sweep name); repeatable"),
     ) -> None:
         """Run every config of a sweep spec once; resumable (kill and rerun) and safe to run twice."""
         from nclab.config import ConfigError  # noqa: PLC0415
@@ -148,6 +170,11 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"{len(runs)} runs")
             return
         store = _open_store(store_dir or Path("sweeps") / spec.name)
+        if log:
+            try:
+                fn = _with_loggers(fn, log, run_fn=run_fn, store_root=Path(store.root), experiment=spec.name)
+            except ValueError as exc:
+                _fail(str(exc))
         try:
             ex = make_executor(executor, workers=workers, ray_address=ray_address, num_cpus=num_cpus, num_gpus=num_gpus)
         except (RuntimeError, ValueError) as exc:

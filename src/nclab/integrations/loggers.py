@@ -198,9 +198,7 @@ class MLflowLogger(MetricsLogger):
         client = MlflowClient(tracking_uri=self.tracking_uri)
         run_id = self._previous_run(client)
         if run_id is None:
-            exp = client.get_experiment_by_name(self.experiment)
-            exp_id = exp.experiment_id if exp is not None else client.create_experiment(self.experiment)
-            run = client.create_run(exp_id, run_name=self.run_name, tags=self.tags)
+            run = client.create_run(self.experiment_id(client), run_name=self.run_name, tags=self.tags)
             run_id = run.info.run_id
             self._log_params(client, run_id)
             if self.resume_file is not None:
@@ -209,6 +207,23 @@ class MLflowLogger(MetricsLogger):
             client.update_run(run_id, status="RUNNING")
         self._client, self.run_id = client, run_id
         return client
+
+    def experiment_id(self, client=None) -> str:
+        """The experiment's id, created if missing (safe when parallel runs race to create it)."""
+        if client is None:
+            from mlflow.tracking import MlflowClient  # noqa: PLC0415
+
+            client = MlflowClient(tracking_uri=self.tracking_uri)
+        exp = client.get_experiment_by_name(self.experiment)
+        if exp is not None:
+            return exp.experiment_id
+        try:
+            return client.create_experiment(self.experiment)
+        except Exception:  # noqa: BLE001 - another process created it first
+            exp = client.get_experiment_by_name(self.experiment)
+            if exp is None:
+                raise
+            return exp.experiment_id
 
     def _previous_run(self, client) -> str | None:
         if self.resume_file is None or not self.resume_file.exists():
