@@ -82,7 +82,7 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("cpu", "--device", help="torch device, e.g. cpu or cuda"),
         batch_size: int = typer.Option(512, "--batch-size", help="samples per forward pass"),
         as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of tables"),
-        out: Optional[Path] = typer.Option(None, "--out", help="folder for features.png and layers.png"),
+        out: Optional[Path] = typer.Option(None, "--out", help="folder for features.png and layers.png [default: no figures]"),
     ) -> None:
         """Neural-collapse metrics of a trained model (any nn.Module), last layer and per layer."""
         import torch

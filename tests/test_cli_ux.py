@@ -1,0 +1,210 @@
+"""Command-line experience: defaults visible in every --help, --version, ``python -m nclab``,
+plain progress lines in a log, search progress naming its metric, errors naming flags,
+narrow-terminal tables, shipped configs (``nclab config``), ``nclab plot``."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import typer
+import yaml
+from typer.testing import CliRunner
+
+from nclab import __version__
+from nclab.cli import _register_all, app, cli_wording
+
+_register_all()
+runner = CliRunner()
+
+
+def _commands(cmd, prefix=()):
+    """(path, click command) of every leaf command, hidden ones excluded."""
+    if hasattr(cmd, "commands"):
+        for name, sub in cmd.commands.items():
+            if not getattr(sub, "hidden", False):
+                yield from _commands(sub, prefix + (name,))
+    else:
+        yield prefix, cmd
+
+
+ALL = list(_commands(typer.main.get_command(app)))
+
+
+def _flat(text: str) -> str:
+    """Help text without box drawing and line wrapping."""
+    return re.sub(r"\s+", " ", re.sub(r"[│╭╮╰╯─]", " ", text))
+
+
+def test_every_command_is_checked():
+    names = {" ".join(p) for p, _ in ALL}
+    for expected in ("train", "sweep", "search", "reproduce", "report", "metrics", "theory ufm", "theory md",
+                     "analyze", "detect", "demo", "plot", "config list", "config show"):
+        assert expected in names
+
+
+# options that are one of several alternatives (no default to state)
+_CHOICE_OPTIONS = {("analyze", "--model"), ("analyze", "--model-class"), ("analyze", "--dataset"),
+                   ("theory ufm", "--alpha")}  # --alpha: the loss's own default (theory.py's help)
+
+
+@pytest.mark.parametrize("path", [p for p, _ in ALL], ids=[" ".join(p) for p, _ in ALL])
+def test_help_shows_every_default(path):
+    cmd = dict(ALL)[path]
+    res = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "250"})
+    assert res.exit_code == 0, res.output
+    shown = _flat(res.output)
+    for p in cmd.params:
+        if getattr(p, "hidden", False) or p.name == "help":
+            continue
+        text = getattr(p, "help", None) or ""
+        # a default written in the help ("[default: runs/<name>]") survives Rich markup
+        for bracket in re.findall(r"\\?\[[^\]]*\]", text):
+            assert _flat(bracket.replace("\\[", "[")) in shown, (path, p.name, bracket)
+        # an option without a value default says what happens when it is not given
+        if p.param_type_name == "option" and not p.required and not getattr(p, "is_flag", False) \
+                and p.default in (None, []) and not p.multiple:
+            if (" ".join(path), p.opts[0]) not in _CHOICE_OPTIONS:
+                assert re.search(r"default|preset|\[small", text, re.I), (path, p.opts, text)
+        elif p.param_type_name == "option" and not getattr(p, "is_flag", False) and p.default not in (None, [], ()):
+            assert "[default: " in shown, (path, p.opts)
+
+
+def test_version_flag_and_python_m():
+    res = runner.invoke(app, ["--version"])
+    assert res.exit_code == 0 and res.output.strip() == f"nclab {__version__}"
+    out = subprocess.run([sys.executable, "-m", "nclab", "--version"], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == f"nclab {__version__}"
+    import importlib.metadata
+
+    assert importlib.metadata.version("nclab") == __version__  # one version source
+
+
+def test_train_by_shipped_name_writes_plain_progress_to_a_log(tmp_path):
+    """``nclab train NAME > log 2>&1``: the log shows each epoch while the run goes on."""
+    log = tmp_path / "log"
+    env = {**os.environ, "NCLAB_PROGRESS_SECONDS": "0", "COLUMNS": "80"}
+    with open(log, "w") as fh:
+        proc = subprocess.run([sys.executable, "-m", "nclab", "train", "digits-binary", "--set", "epochs=2",
+                               "--set", "save_features=false", "--run-dir", str(tmp_path / "run")],
+                              stdout=fh, stderr=subprocess.STDOUT, cwd=tmp_path, env=env, timeout=300)
+    text = log.read_text()
+    assert proc.returncode == 0, text
+    lines = [ln for ln in text.splitlines() if ln.startswith("digits-binary: epoch")]
+    assert [ln.split()[2] for ln in lines] == ["1/2", "2/2"], text
+    assert "loss" in lines[0] and "test" in lines[0] and "\x1b[" not in text  # plain, no terminal codes
+    assert (tmp_path / "run" / "metrics.jsonl").is_file()
+
+
+def test_plain_progress_is_rate_limited(capsys, monkeypatch):
+    from nclab.train.loop import _Progress
+
+    monkeypatch.setenv("NCLAB_PROGRESS_SECONDS", "3600")
+    bar = _Progress(True, 10, 0, "x")
+    assert bar.plain  # pytest's captured stderr is not a terminal
+    for e in range(1, 6):
+        bar.update(e, None, 0.5)
+    bar.close()
+    err = capsys.readouterr().err.splitlines()
+    # the first epoch, then (interval not reached) only where the run stopped
+    assert [ln.split()[2] for ln in err] == ["1/10", "5/10"]
+    silent = _Progress(False, 10, 0, "x")
+    silent.update(1, None, 0.5)
+    silent.close()
+    assert capsys.readouterr().err == ""
+
+
+def test_search_prints_trials_and_names_the_metric(tmp_path):
+    base = tmp_path / "base.yaml"
+    base.write_text("epochs: 10\nloss: {name: ls, alpha: 0.1}\noptim: {lr: 0.1}\nschedule: {gamma: 0.1}\n")
+    res = runner.invoke(app, ["search", str(base), "--store", str(tmp_path / "st"), "--trials", "2",
+                              "--executor", "inline", "--run-fn", "nclab.sweep.testing:fake_run", "--no-retrain"])
+    assert res.exit_code == 0, res.output
+    out = res.output
+    assert "score val_acc_noisy (maximize)" in out
+    assert re.search(r"trial 0 \(1/2 finished\): val_acc_noisy [0-9.]+ +best", out)
+    assert re.search(r"trial 1 \(2/2 finished\): val_acc_noisy", out)
+    assert re.search(r"best val_acc_noisy \(maximize\) [0-9.]+ with optim.lr=", out)
+
+
+def test_errors_name_flags(tmp_path):
+    assert cli_wording("r holds a run of this config; pass resume to continue it or overwrite") == \
+        "r holds a run of this config; pass --resume to continue it or --overwrite"
+    assert cli_wording("choose either resume or overwrite, not both") == "choose either --resume or --overwrite, not both"
+    assert cli_wording("nothing to resume in r; use overwrite") == "nothing to resume in r; use --overwrite"
+    assert cli_wording("max_epochs must be >= 1; got 0") == "--max-epochs must be >= 1; got 0"
+    res = runner.invoke(app, ["train", "digits-binary", "--resume", "--overwrite", "--run-dir", str(tmp_path)])
+    assert res.exit_code == 2 and "--resume" in res.output and "--overwrite" in res.output
+    res = runner.invoke(app, ["train", "no-such-config"])
+    assert res.exit_code == 2 and "no shipped config of that name" in _flat(res.output)
+
+
+def _fake_history(n=6):
+    recs = []
+    for e in range(1, n + 1):
+        recs.append({"epoch": e, "train_loss": 1 / e, "train_loss_running": 1.1 / e, "test_loss": 1.2 / e,
+                     "train_acc_noisy": 0.5 + e / 20, "train_acc_clean": 0.5 + e / 25, "test_acc": 0.5 + e / 30,
+                     "train.nc1": 2.0 ** -e, "test.nc1": 2.0 ** (1 - e), "train.memorization": 0.1 * e,
+                     "train.dilation": 0.05 * e, "test.dilation": None})
+    return recs
+
+
+def test_plot_writes_curves_for_any_run(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _fake_history()))
+    res = runner.invoke(app, ["plot", str(run)])
+    assert res.exit_code == 0, res.output
+    names = sorted(p.name for p in (run / "figures").iterdir())
+    assert names == ["accuracy.png", "losses.png", "memorization_dilation.png", "nc1.png"]
+    for n in names:
+        assert (run / "figures" / n).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    res = runner.invoke(app, ["plot", str(tmp_path / "nothing")])
+    assert res.exit_code == 2 and "metrics.jsonl" in res.output
+
+
+def test_config_list_and_show_round_trip(tmp_path):
+    from nclab.configs import list_configs, resolve_config
+    from nclab.train import TrainConfig
+
+    names = [c.name for c in list_configs()]
+    assert {"digits-binary", "paper-mlp", "sweeps/digits-md"} <= set(names)
+    res = runner.invoke(app, ["config", "show", "digits-binary"])
+    assert res.exit_code == 0
+    (tmp_path / "mine.yaml").write_text(res.output)
+    cfg = TrainConfig.from_sources(tmp_path / "mine.yaml", ["epochs=1"])  # a valid config to start from
+    assert cfg.name == "digits-binary" and cfg.epochs == 1
+    assert yaml.safe_load(res.output) == yaml.safe_load(resolve_config("digits-binary").read_text())
+    res = runner.invoke(app, ["config", "show", "nope"])
+    assert res.exit_code == 2 and "digits-binary" in res.output
+    # a path that exists wins over a shipped name
+    local = tmp_path / "digits-binary"
+    local.write_text("name: local\n")
+    assert resolve_config(local) == local
+    # the top-level configs/ of a checkout still points at the shipped files
+    top = Path(__file__).resolve().parents[1] / "configs" / "digits-binary.yaml"
+    if top.exists():
+        assert top.read_text() == resolve_config("digits-binary").read_text()
+
+
+def test_tables_wrap_at_80_columns(tmp_path, monkeypatch):
+    """Rich tables at 80 columns wrap their cells; nothing is cut off with an ellipsis."""
+    from nclab.cli import _common
+
+    monkeypatch.setattr(_common.console, "_width", 80)  # the shared console reads COLUMNS at import
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 20)
+    np.savez(tmp_path / "f.npz", features=rng.normal(size=(60, 4)) + y[:, None], labels=y, clean_labels=y)
+    for args in (["metrics", str(tmp_path / "f.npz")], ["config", "list"],
+                 ["theory", "ufm", "--classes", "3", "--per-class", "2", "--lambda-w", "0.01", "--lambda-h", "0.01",
+                  "--starts", "1"]):
+        res = runner.invoke(app, args, env={"COLUMNS": "80"})
+        assert res.exit_code == 0, res.output
+        assert "…" not in res.output, (args, res.output)
+        assert max(len(ln) for ln in res.output.splitlines()) <= 80, (args, res.output)
