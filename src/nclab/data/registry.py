@@ -532,6 +532,10 @@ def _load_npz(*, data_dir, download, seed, options) -> _Raw:
         raise DataNotFoundError(f"dataset 'npz': {path} does not exist or is not a file")
 
     def build() -> _Raw:
+        import zipfile
+
+        if not zipfile.is_zipfile(path):  # np.load would try it as a pickle and say so, misleadingly
+            raise DataFormatError(f"{path}: not a readable .npz file (not a zip archive; save with numpy.savez)")
         try:
             with np.load(path, allow_pickle=False) as f:
                 arrays = {k: f[k] for k in f.files}
