@@ -90,8 +90,8 @@ def register(app: typer.Typer) -> None:
             for item in set_:
                 cmd += ["--set", item]
             cmd += ["--run-dir", str(target), "--resume"]
-            err.print(escape(result.message), highlight=False)
-            err.print(f"resume with: {escape(shlex.join(cmd))}", highlight=False)
+            err.print(escape(result.message), highlight=False, soft_wrap=True)
+            err.print(f"resume with: {escape(shlex.join(cmd))}", highlight=False, soft_wrap=True)  # one line
             raise typer.Exit(128 + (result.signum or 2))
         if result.message:
             out.print(result.message, highlight=False)
