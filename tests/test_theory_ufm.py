@@ -183,3 +183,20 @@ def test_local_geometry_agrees_with_metrics_engine():
     assert s["nc2_etf_error_means"] == pytest.approx(s["etf_error_means"], rel=1e-9)
     assert s["nc2_etf_error_weights"] == pytest.approx(s["etf_error_weights"], rel=1e-9)
     assert s["nc1_trace_ratio"] == pytest.approx(s["within_class_variability"], rel=1e-9)
+
+
+@pytest.mark.parametrize("bias,lambda_b,status", [
+    (False, 0.0, "not a local minimum"),  # a saddle: tiny perturbations escape to the frame
+    (True, 0.0, "global minimum"),  # a free bias pays the offset: the dead class ties the frame
+    (True, 5e-3, "local minimum"),  # a penalized bias: strictly worse, but perturbations return
+])
+def test_dead_class_status_depends_on_the_bias(bias, lambda_b, status):
+    from nclab.theory.ufm import probe_dead_class
+
+    p = probe_dead_class(num_classes=2, per_class=5, lambda_w=5e-3, lambda_h=5e-3, bias=bias, lambda_b=lambda_b,
+                         starts=4, trials=4)
+    assert p["status"] == status, p
+    assert p["dead_converged"] and p["kkt_violation"] == 0.0
+    assert p["global_objective"] == pytest.approx(p["closed_form_objective"], rel=1e-9)
+    if status != "global minimum":
+        assert p["dead_objective"] > p["global_objective"] + 1e-3

@@ -80,6 +80,9 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed"),
         tol: float = typer.Option(1e-8, "--tol", help="stop at projected-gradient 2-norm <= tol"),
         as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+        probe_dead: bool = typer.Option(False, "--probe-dead-class",
+                                        help="also test whether the dead-class configuration is a global "
+                                             "minimum, a local one or neither (H >= 0 only)"),
     ) -> None:
         """Solve the UFM and compare with its closed form."""
         from rich.table import Table
@@ -94,6 +97,17 @@ def register(app: typer.Typer) -> None:
         except ValueError as exc:
             fail(str(exc))
         out = res.to_dict()
+        if probe_dead:
+            if not positive:
+                fail("--probe-dead-class needs --positive (a dead class sits at the bound H = 0)")
+            from nclab.theory.ufm import probe_dead_class
+
+            try:
+                out["dead_class"] = probe_dead_class(
+                    num_classes=classes, per_class=per_class, lambda_w=lambda_w, lambda_h=lambda_h, loss=loss,
+                    alpha=alpha, dim=dim, bias=bias, lambda_b=lambda_b, starts=starts, seed=seed, tol=tol)
+            except ValueError as exc:
+                fail(str(exc))
         if as_json:
             typer.echo(to_json(out))
             return
@@ -116,6 +130,12 @@ def register(app: typer.Typer) -> None:
         geometry = cf.get("geometry", "—")
         console.print(f"converged={out['converged']} (‖pg‖₂={out['pg_norm']:.2e} ≤ {tol:g}), "
                       f"closed-form geometry: {geometry}, start spread {out['start_spread']:.2e}")
+        if probe_dead:
+            p = out["dead_class"]
+            console.print(f"dead class {p['settings']['dead']}: objective {p['dead_objective']:.6g} vs global "
+                          f"{p['global_objective']:.6g}; first-order violation {p['kkt_violation']:.1e}; "
+                          f"{len(p['perturbed'])} perturbed re-solves reach ≥ {p['lowest_perturbed']:.6g} "
+                          f"→ [bold]{p['status']}[/]")
 
     @theory.command("md")
     def md_cmd(

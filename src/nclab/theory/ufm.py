@@ -29,7 +29,7 @@ from nclab.seeding import numpy_generator
 from nclab.theory._solver import LossChoice, minimize_bounded, resolve_loss, torch_fg
 from nclab.theory.geometry import structure
 
-__all__ = ["ClosedForm", "UFMResult", "closed_form", "solve_ufm", "ufm_objective"]
+__all__ = ["ClosedForm", "UFMResult", "closed_form", "probe_dead_class", "solve_ufm", "ufm_objective"]
 
 
 @dataclass(frozen=True)
@@ -313,3 +313,131 @@ def solve_ufm(
         converged=best.converged, pg_norm=best.pg_norm, iterations=best.iterations,
         start_objectives=start_objs, structure=struct, closed_form=cf, settings=settings,
     )
+
+
+def probe_dead_class(
+    *,
+    num_classes: int,
+    per_class: int,
+    lambda_w: float,
+    lambda_h: float,
+    loss: str = "ce",
+    alpha: float | None = None,
+    dim: int | None = None,
+    bias: bool = False,
+    lambda_b: float = 0.0,
+    dead: int | None = None,
+    starts: int = 8,
+    trials: int = 8,
+    perturb: float = 1e-4,
+    seed: int = 0,
+    tol: float = 1e-8,
+    gap: float = 1e-7,
+) -> dict[str, Any]:
+    """Is the "dead class" configuration of the positive UFM a global minimum, a local one, or neither?
+
+    Dead class: every feature of class ``dead`` (default the last) sits at 0. Procedure
+    (numerical, float64):
+
+    1. the best objective over ``starts`` random starts of :func:`solve_ufm` and the closed form
+       give the global value ``f*`` (a class is reported dead in a solution when its mean
+       feature has norm < 1e-3 of the largest class mean's);
+    2. the dead-class optimum ``f_dead``: the same problem with class ``dead``'s features held
+       at 0 (upper bound 0), from the best random-start solution with those features zeroed;
+    3. ``trials`` times, that point plus a random feasible perturbation of relative size
+       ``perturb`` (features stay >= 0) is re-solved without the restriction.
+
+    ``kkt_violation``: the largest negative gradient component of the full problem on the held
+    features at the dead point (> 0: moving those features off 0 decreases the objective at
+    first order). ``status``: ``"global minimum"`` if ``f_dead <= f* + gap``; else ``"local
+    minimum"`` if ``kkt_violation <= tol`` and no perturbed re-solve ends below ``f_dead - gap``;
+    else ``"not a local minimum"`` (first-order descent, or a perturbation escapes: a saddle).
+    Numerical evidence at the stated tolerances, not a proof. Returns a JSON-ready dict.
+    """
+    res = solve_ufm(num_classes=num_classes, per_class=per_class, lambda_w=lambda_w, lambda_h=lambda_h, dim=dim,
+                    loss=loss, alpha=alpha, positive=True, bias=bias, lambda_b=lambda_b, starts=starts, seed=seed,
+                    tol=tol)
+    n_cls, k, d = int(num_classes), int(per_class), res.weight.shape[1]
+    if dead is None:  # the class the best random-start solution left dead, if any; else the last
+        norms = [np.linalg.norm(res.features[res.labels == c].mean(axis=0)) for c in range(n_cls)]
+        low = [c for c in range(n_cls) if norms[c] < 1e-3 * max(max(norms), 1e-300)]
+        dead = low[0] if len(low) == 1 else n_cls - 1
+    dead = int(dead)
+    if not 0 <= dead < n_cls:
+        raise ValueError(f"dead must be a class index in [0, {n_cls}); got {dead}")
+    if trials < 1 or not perturb > 0:
+        raise ValueError(f"trials must be >= 1 and perturb > 0; got {trials}, {perturb}")
+    choice = resolve_loss(loss, alpha=alpha) if alpha is not None else resolve_loss(loss)
+    labels = res.labels
+    labels_t = torch.from_numpy(labels)
+    nw, nh, nb = n_cls * d, n_cls * k * d, (n_cls if bias else 0)
+
+    def split(x):
+        return x[:nw].reshape(n_cls, d), x[nw : nw + nh].reshape(n_cls * k, d), (x[nw + nh :] if bias else None)
+
+    def objective(t: torch.Tensor) -> torch.Tensor:
+        w, h, b = split(t)
+        return ufm_objective(w, h, labels_t, loss=choice, lambda_w=lambda_w, lambda_h=lambda_h, bias=b,
+                             lambda_b=lambda_b)[0]
+
+    fg = torch_fg(objective)
+    lower = np.full(nw + nh + nb, -np.inf)
+    lower[nw : nw + nh] = 0.0
+    upper = np.full_like(lower, np.inf)
+    # the restricted problem: class `dead`'s features removed from the variables (held at 0)
+    free = np.ones(nw + nh + nb, dtype=bool)
+    free[nw : nw + nh].reshape(n_cls * k, d)[labels == dead] = False
+    full = np.concatenate([res.weight.ravel(), res.features.ravel(), res.bias if bias else np.zeros(0)])
+    full[~free] = 0.0
+
+    def fg_held(y):
+        x = np.zeros(free.size)
+        x[free] = y
+        f, g = fg(x)
+        return f, g[free]
+
+    held = minimize_bounded(fg_held, full[free], lower=lower[free], upper=upper[free], tol=tol)
+    x_dead = np.zeros(free.size)
+    x_dead[free] = held.x
+    _, g_dead = fg(x_dead)
+    # first-order (KKT) test of the full problem at the dead point: the held features sit on
+    # their bound 0, so a negative gradient component there is a feasible descent direction
+    kkt_violation = float(max(0.0, -g_dead[~free].min()))
+
+    def dead_classes(x) -> list[int]:
+        h = split(x)[1]
+        norms = np.array([np.linalg.norm(h[labels == c].mean(axis=0)) for c in range(n_cls)])
+        return [int(c) for c in np.flatnonzero(norms < 1e-3 * max(norms.max(), 1e-300))]
+
+    rng = numpy_generator(seed, "theory.ufm.dead_class")
+    scale = max(float(np.abs(x_dead).max()), 1e-12)
+    escapes = []
+    for _ in range(trials):
+        x = x_dead + perturb * scale * rng.normal(size=x_dead.size)
+        x[nw : nw + nh] = np.abs(x[nw : nw + nh] - x_dead[nw : nw + nh]) + x_dead[nw : nw + nh]
+        out = minimize_bounded(fg, x, lower=lower, upper=upper, tol=tol)
+        escapes.append({"objective": float(out.fun), "dead_classes": dead_classes(out.x), "converged": out.converged})
+    cf = res.closed_form
+    best = min([res.objective] + ([cf.objective] if cf is not None else []))
+    if held.fun <= best + gap:
+        status = "global minimum"
+    elif kkt_violation <= tol and all(e["objective"] >= held.fun - gap for e in escapes):
+        status = "local minimum"
+    else:
+        status = "not a local minimum"
+    return {
+        "settings": {"num_classes": n_cls, "per_class": k, "dim": d, "lambda_w": lambda_w, "lambda_h": lambda_h,
+                     "loss": choice.label(), "bias": bias, "lambda_b": lambda_b, "dead": dead, "starts": starts,
+                     "trials": trials, "perturb": perturb, "seed": seed},
+        "status": status,
+        "dead_objective": float(held.fun),
+        "dead_converged": bool(held.converged),
+        "kkt_violation": kkt_violation,
+        "global_objective": float(best),
+        "closed_form_objective": None if cf is None else float(cf.objective),
+        "start_objectives": [float(v) for v in res.start_objectives],
+        "best_start_dead_classes": dead_classes(np.concatenate([res.weight.ravel(), res.features.ravel(),
+                                                                res.bias if bias else np.zeros(0)])),
+        "perturbed": escapes,
+        "lowest_perturbed": float(min(e["objective"] for e in escapes)),
+    }
