@@ -20,10 +20,14 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Neural-collapse, calibration and memorization/dilation metrics of saved features."""
         from nclab.metrics import nc_metrics
+        from nclab.metrics.validation import as_tensor, infer_num_classes
         from nclab.store.files import load_feature_file, to_json
 
         try:
             data = load_feature_file(file)
+            if num_classes is None and data.get("W") is None and data.get("logits") is None:
+                # C from the labels: refuse sparse labels before allocating C×d state
+                num_classes = infer_num_classes(as_tensor(data["labels"], name="labels"), what="--num-classes")
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 res = nc_metrics(
@@ -44,6 +48,8 @@ def register(app: typer.Typer) -> None:
             return
         for w in caught:
             console.print(f"[yellow]warning:[/] {w.message}", highlight=False)
+        for note in res.info.get("notes", []):
+            console.print(f"[dim]note:[/] {note}", highlight=False)
         title = f"{file.name}: n={out['n_samples']}, C={out['num_classes']}, d={out['feature_dim']}, convention={convention}"
         console.print(f"[bold]{title}[/]", highlight=False)
         console.print(metric_table(out, title=""))
