@@ -10,7 +10,10 @@ Data may be
 * a ``DataLoader`` (or any re-iterable of batches) yielding ``(x, y)`` or
   ``(x, y, y_clean)``;
 * a ``torch.utils.data.Dataset`` (wrapped in a sequential ``DataLoader``);
-* tensors/arrays ``(x, y)`` or ``(x, y, y_clean)`` (batched here).
+* tensors/arrays ``(x, y)`` or ``(x, y, y_clean)`` (batched here);
+* a loader of dict batches (Hugging Face style): ``input_key`` names the model
+  input, ``label_key`` (default ``"labels"``) the labels and ``clean_label_key``
+  (default ``"clean_labels"``, optional) the true labels.
 
 The metrics need two passes (class means first, then distances to them). The
 first pass keeps the small per-batch records (features and logits, not the
@@ -62,7 +65,25 @@ def _is_tensorlike(a: Any) -> bool:
     return isinstance(a, (Tensor, np.ndarray))
 
 
-def _as_source(data: Any, *, batch_size: int) -> _Source:
+@dataclass(frozen=True)
+class _Keys:
+    input: str | None = None
+    label: str = "labels"
+    clean: str = "clean_labels"
+
+
+def _from_dict(batch: dict, keys: _Keys, k: int) -> tuple[Any, Any, Any]:
+    names = ", ".join(map(repr, batch))
+    if keys.input is None:
+        raise TypeError(f"batch {k} is a dict (keys {names}); name the model input with input_key=... "
+                        f"(and the labels with label_key=..., default {keys.label!r})")
+    for role, key in (("input_key", keys.input), ("label_key", keys.label)):
+        if key not in batch:
+            raise KeyError(f"batch {k} has no {role} {key!r}; its keys are {names}")
+    return batch[keys.input], batch[keys.label], batch.get(keys.clean)
+
+
+def _as_source(data: Any, *, batch_size: int, keys: _Keys = _Keys()) -> _Source:
     from torch.utils.data import DataLoader, Dataset, IterableDataset, RandomSampler
 
     if isinstance(data, (tuple, list)) and len(data) in (2, 3) and all(_is_tensorlike(a) for a in data):
@@ -98,7 +119,8 @@ def _as_source(data: Any, *, batch_size: int) -> _Source:
     def make_loader() -> Iterator:
         for k, batch in enumerate(data):
             if isinstance(batch, dict):
-                raise TypeError("batches must be tuples (x, y) or (x, y, y_clean); got a dict")
+                yield _from_dict(batch, keys, k)
+                continue
             if not isinstance(batch, (tuple, list)) or len(batch) not in (2, 3):
                 got = f"a {type(batch).__name__} of length {len(batch)}" if isinstance(batch, (tuple, list)) else type(batch).__name__
                 raise TypeError(f"batch {k}: expected (x, y) or (x, y, y_clean); got {got}")
@@ -322,6 +344,9 @@ def collect(
     per_sample: bool = False,
     cache_bytes: int = 256 * 2**20,
     full_scatter_max_dim: int = 1024,
+    input_key: str | None = None,
+    label_key: str = "labels",
+    clean_label_key: str = "clean_labels",
 ) -> NCResult:
     """Neural-collapse metrics of any classifier ``model`` on ``data``, streamed.
 
@@ -348,6 +373,10 @@ def collect(
     device : where the model runs and the metrics accumulate (default: the
         model's parameter device); inputs are moved there batch by batch.
     per_sample : keep per-sample scores (input order) in ``result.per_sample``.
+    input_key, label_key, clean_label_key : for dict batches (e.g. Hugging Face
+        ``{"pixel_values": ..., "labels": ...}``): the model is called on
+        ``batch[input_key]``; labels are ``batch[label_key]``, clean labels
+        ``batch[clean_label_key]`` when present.
 
     Returns an :class:`~nclab.metrics.NCResult`; ``info["layer"]`` names the
     classifier layer used.
@@ -355,7 +384,7 @@ def collect(
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
     layers = list(layers or [])
-    source = _as_source(data, batch_size=batch_size)
+    source = _as_source(data, batch_size=batch_size, keys=_Keys(input_key, label_key, clean_label_key))
     if (per_sample or clean_labels is not None) and not source.ordered:
         what = "per_sample=True" if per_sample else "clean_labels="
         raise ValueError(
@@ -487,6 +516,8 @@ def collect_layers(
     device: str | torch.device | None = None,
     batch_size: int = 512,
     full_scatter_max_dim: int = 1024,
+    input_key: str | None = None,
+    label_key: str = "labels",
 ) -> dict[str, NCResult]:
     """NC1, the ETF error of the centred class means and the orthogonal-frame error of the
     uncentred means at each named layer — the "progressive collapse through depth" view.
@@ -515,7 +546,7 @@ def collect_layers(
         raise ValueError("layers is empty; name at least one module (see model.named_modules())")
     if len(set(layers)) != len(layers):
         raise ValueError(f"layers has duplicates: {layers}")
-    source = _as_source(data, batch_size=batch_size)
+    source = _as_source(data, batch_size=batch_size, keys=_Keys(input_key, label_key))
     dev = torch.device(device) if device is not None else _model_device(model)
     with _eval_mode(model), _on_device(model, dev):
         taps = _Taps(model, final=False, layer=None, layers=layers)
@@ -556,13 +587,14 @@ def default_layers(model: nn.Module, *, max_layers: int = 12) -> list[str]:
 
 def features_of(
     model: nn.Module, data: Any, *, layer: str | None = None, device: str | torch.device | None = None,
-    batch_size: int = 512, max_samples: int | None = None,
+    batch_size: int = 512, max_samples: int | None = None, input_key: str | None = None, label_key: str = "labels",
+    clean_label_key: str = "clean_labels",
 ) -> dict[str, np.ndarray]:
     """In-memory classifier inputs, logits and labels (numpy) for plotting or ad-hoc analysis:
     ``{"features", "logits", "labels"[, "clean_labels"]}``; stops after ``max_samples``.
     Same classifier search, eval mode and hook clean-up as :func:`collect` — but unlike it,
-    this holds everything it returns."""
-    source = _as_source(data, batch_size=batch_size)
+    this holds everything it returns. Dict batches: as in :func:`collect`."""
+    source = _as_source(data, batch_size=batch_size, keys=_Keys(input_key, label_key, clean_label_key))
     dev = torch.device(device) if device is not None else _model_device(model)
     out: dict[str, list[np.ndarray]] = {}
     with _eval_mode(model), _on_device(model, dev):
