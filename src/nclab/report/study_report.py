@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nclab.report.study_data import METRICS, aggregate, check_claims, fit_line, load_records, md_keys
+from nclab.report.study_data import METRICS, aggregate, fit_line, load_records, md_keys
 from nclab.store.files import atomic_write_text
 from nclab.store.index import RunStore
 
@@ -32,6 +32,7 @@ class Report:
     html: Path
     figures: list[Path] = field(default_factory=list)
     verdicts: list[str] = field(default_factory=list)
+    summary: dict = field(default_factory=dict)  # claims, counts, cells: what `nclab report --json` prints
 
 
 def _style():
@@ -51,6 +52,7 @@ def _md_scatter(records, ds, path) -> None:
     colors, palette, save = _style()
     fig, ax = plt.subplots(figsize=(5.2, 4.0))
     keys = md_keys(records)
+    shown_rates: set[float] = set()
     for i, loss in enumerate(sorted({r["loss"] for r in records if r["dataset"] == ds})):
         pts = [r for r in records if r["dataset"] == ds and r["variant"] == "main" and r["loss"] == loss
                and r["rate"] > 0 and r["memorization"] is not None and r["dilation"] is not None]
@@ -61,6 +63,7 @@ def _md_scatter(records, ds, path) -> None:
         c = _color(loss, colors, palette)
         marker = "os^D"[i % 4]
         sc_rates = np.array([r["rate"] for r in pts])
+        shown_rates.update(float(q) for q in sc_rates)
         ax.scatter(x, y, c=c, marker=marker, s=18 + 90 * sc_rates, alpha=0.75, edgecolors="white", linewidths=0.5)
         f = fit_line(x, y)
         label = LOSS_LABEL.get(loss, loss)
@@ -72,7 +75,13 @@ def _md_scatter(records, ds, path) -> None:
     ax.set_xlabel(f"memorization ({keys.get('memorization', '')})")
     ax.set_ylabel(f"dilation ({keys.get('dilation', '')})")
     ax.set_title(f"{ds}: memorization vs dilation (one point per run; size = noise rate)")
-    ax.legend(loc="best")
+    losses = ax.legend(loc="best", title="loss (colour, marker)")
+    if shown_rates:  # the size encoding gets its own legend, outside the axes
+        ax.add_artist(losses)
+        rates = sorted(shown_rates)
+        handles = [ax.scatter([], [], s=18 + 90 * q, c="#777777", marker="o", edgecolors="white") for q in rates]
+        ax.legend(handles, [f"{q:g}" for q in rates], title="noise rate (size)", loc="center left",
+                  bbox_to_anchor=(1.02, 0.5), labelspacing=1.1)
     save(fig, path)
 
 
@@ -92,7 +101,7 @@ def _vs_noise(records, ds, metrics, path, *, logy=()) -> None:
             es = [p[1]["std"] for p in pts]
             ax.errorbar(xs, ys, yerr=es, color=_color(loss, colors, palette), marker="os^D"[i % 4], ms=4,
                         capsize=3, lw=1.4, label=LOSS_LABEL.get(loss, loss))
-        ax.set_xlabel("noise rate (symmetric flip)")
+        ax.set_xlabel("noise rate p")
         ax.set_title(METRICS[m][0])
         if m in logy:
             ax.set_yscale("log")
@@ -154,8 +163,41 @@ def _feature_panels(store: RunStore, records, ds: str, figdir: Path, *, prefer_r
     return out
 
 
+def _fmt(v, nd: int = 3) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "n/a"
+    return f"{v:.{nd}g}" if isinstance(v, float) else str(v)
+
+
+def _claims_table(claims) -> tuple[list[str], list[list[str]]]:
+    head = ["claim", "verdict", "estimate", "95% CI", "pairs", "seeds", "statement", "note"]
+    rows = []
+    for c in claims:
+        ci = "n/a" if c.ci is None else f"[{_fmt(c.ci[0])}, {_fmt(c.ci[1])}]"
+        rows.append([c.id, c.verdict, _fmt(c.estimate), ci, _fmt(c.n_pairs), _fmt(c.n_seeds), c.statement, c.reason])
+    return head, rows
+
+
+def _model_vs_runs(rows, out: Path) -> tuple[str | None, dict | None]:
+    """The theory helper's section (``nclab.report.model_vs_runs.section``) when it exists."""
+    try:
+        from nclab.report.model_vs_runs import section  # noqa: PLC0415
+    except ImportError:
+        return None, None
+    return section(rows, out)
+
+
 def build_report(store_dir: str | Path, *, out_dir: str | Path | None = None, sweep: str | None = None) -> Report:
-    """Build the report from the completed runs of the store at ``store_dir`` (no training)."""
+    """Build the report from the completed runs of the store at ``store_dir`` (no training).
+
+    Claims are decided only for a study store (made by ``nclab reproduce``) and only from
+    its eligible runs (terminal phase, not diverged); other stores are tabulated without any
+    claim. ``Report.summary`` is what ``nclab report --json`` prints.
+    """
+    from nclab.report.study_data import (  # noqa: PLC0415
+        add_geometry, cell_counts, decide_claims, eligible, excluded_runs, geometry_counts, is_study_store,
+    )
+
     store = RunStore(store_dir, create=False)
     records = load_records(store, sweep=sweep)
     if not records:
@@ -164,42 +206,99 @@ def build_report(store_dir: str | Path, *, out_dir: str | Path | None = None, sw
     figdir = out / "figures"
     figdir.mkdir(parents=True, exist_ok=True)
     counts = store.counts()
-    claims = check_claims(records)
+    study = is_study_store(store) if sweep is None else sweep.startswith("md-")
+    add_geometry(store, records)
+    good = eligible(records)
+    claims = decide_claims(records) if study else []
     datasets = sorted({r["dataset"] for r in records})
-    keys = md_keys(records)
+    keys = md_keys(good or records)
+    cells = cell_counts(records)
+    excluded = excluded_runs(records)
+    geo = geometry_counts(records)
 
     md: list[str] = ["# Memorization-dilation study report", ""]
     hb: list[str] = ["<h1>Memorization-dilation study report</h1>"]
+    n_div = sum(r["status"] == "diverged" for r in records)
+    n_nt = sum(r["status"] == "not terminal" for r in records)
     intro = (f"Built from the results store `{Path(store_dir)}`: {len(records)} completed runs "
              f"({counts['failed']} failed, {counts['pending'] + counts['running']} not finished; neither is included). "
+             f"{len(good)} runs reached the terminal phase and enter the verdicts; {n_nt} did not reach it and "
+             f"{n_div} diverged (listed below, not used). "
              f"Memorization and dilation are `{keys.get('memorization')}` and `{keys.get('dilation')}` "
-             "(final training features, noisy-label class means, clean centroids). Noise: symmetric flip to the other class; "
-             "the realized rate of every run is in the tables.")
-    md += [intro, "", "## Claims (decided from these runs)", ""]
-    hb += [f"<p>{html.escape(intro)}</p>", "<h2>Claims (decided from these runs)</h2><ul>"]
+             "(final training features, clean centroids); test dilation is divided by the training clean-centroid "
+             "distance of the same run. Noise kinds: "
+             + ", ".join(sorted({str(r['noise_kind']) for r in records})) + ". How verdicts are decided: docs/method.md.")
+    md += [intro, ""]
+    hb += [f"<p>{html.escape(intro)}</p>"]
+    if not study:
+        note = ("This store is not a study (no sweep named md-*, as `nclab reproduce` makes): its runs are tabulated "
+                "below and no claim is decided from them.")
+        md += [f"**{note}**", ""]
+        hb.append(f"<p><b>{html.escape(note)}</b></p>")
     verdicts = []
-    for c in claims:
-        word = {True: "HELD", False: "DID NOT HOLD", None: "NOT DECIDED (too little data)"}[c.held]
-        line = f"{c.key} ({c.statement}): {word} — {c.summary}"
-        verdicts.append(line)
-        md.append(f"- **{c.key} — {word}.** {c.statement}. {c.summary}.")
-        md += [f"  - {d}" for d in c.details]
-        hb.append(f"<li><b>{c.key} — {html.escape(word)}.</b> {html.escape(c.statement)}. {html.escape(c.summary)}.<ul>"
-                  + "".join(f"<li>{html.escape(d)}</li>" for d in c.details) + "</ul></li>")
-    hb.append("</ul>")
-    md.append("")
+    if claims:
+        md += ["## Claims (decided from the eligible runs)", "",
+               "Paired LS − CE differences per (dataset, noise rate, seed), bootstrap 95% intervals over seeds; "
+               "held / did not hold when the interval excludes 0 on the claimed / other side, inconclusive when it "
+               "contains 0, insufficient data below 5 complete pairs.", ""]
+        head, rows = _claims_table(claims)
+        md += [_md_table(head, rows), ""]
+        hb += ["<h2>Claims (decided from the eligible runs)</h2>", _html_table(head, rows)]
+        for c in claims:
+            ci = "" if c.ci is None else f" [{_fmt(c.ci[0])}, {_fmt(c.ci[1])}]"
+            verdicts.append(f"{c.id}: {c.verdict} — estimate {_fmt(c.estimate)}{ci} ({c.statement})")
+        per_cell = [[c.id, f"{x.get('dataset')}", _fmt(x.get("rate")), _fmt(x.get("n_pairs", x.get("n_seeds", x.get("runs")))),
+                     _fmt(x.get("estimate")), "n/a" if not x.get("ci") else f"[{_fmt(x['ci'][0])}, {_fmt(x['ci'][1])}]",
+                     str(x.get("verdict", ""))]
+                    for c in claims if c.id.startswith(("H1", "H2-d", "H2-t", "Q")) for x in c.cells]
+        if per_cell:
+            head = ["claim", "dataset", "noise rate", "pairs / seeds", "estimate", "95% CI", "verdict in this cell"]
+            md += ["### Per cell", "", _md_table(head, per_cell), ""]
+            hb += ["<h3>Per cell</h3>", _html_table(head, per_cell)]
+
+    head = ["dataset", "variant", "loss", "noise rate", "runs", "terminal", "not terminal", "diverged", "median terminal epoch"]
+    rows = [[c["dataset"], c["variant"], c["loss"], f"{c['rate']:g}", str(c["runs"]), str(c["terminal"]),
+             str(c["not_terminal"]), str(c["diverged"]), _fmt(c["median_terminal_epoch"])] for c in cells]
+    md += ["## Terminal phase per cell", "", _md_table(head, rows), ""]
+    hb += ["<h2>Terminal phase per cell</h2>", _html_table(head, rows)]
+    if excluded:
+        head = ["run", "dataset", "loss", "noise rate", "seed", "status", "epochs", "final train acc (noisy labels)"]
+        rows = [[e["hash"][:12], e["dataset"], e["loss"], f"{e['rate']:g}", str(e["seed"]), e["status"],
+                 _fmt(e["epochs_run"]), _fmt(e["train_acc_noisy"], 4)] for e in excluded]
+        md += ["### Runs left out of the verdicts", "", _md_table(head, rows), ""]
+        hb += ["<h3>Runs left out of the verdicts</h3>", _html_table(head, rows)]
+    if geo:
+        from nclab.metrics.frames import KINDS, FrameThresholds  # noqa: PLC0415
+
+        t = FrameThresholds()
+        cap = (f"Final class means of each eligible run (training features grouped by training label): orthogonal frame "
+               f"when every pair's |cos| <= {t.cos_tol:g} and norms within a ratio {t.norm_ratio:g}; dead class when a "
+               f"mean's norm is <= {t.dead_ratio:g} x the largest; other otherwise.")
+        head = ["dataset", "loss", "noise rate", "classifier bias", "runs"] + list(KINDS)
+        rows = [[g["dataset"], g["loss"], f"{g['rate']:g}", "yes" if g["bias"] else "no", str(g["runs"])]
+                + [str(g[k]) for k in KINDS] for g in geo]
+        md += ["## Geometry of the class means", "", cap, "", _md_table(head, rows), ""]
+        hb += ["<h2>Geometry of the class means</h2>", f"<p>{html.escape(cap)}</p>", _html_table(head, rows)]
+
+    mvr_md, mvr_json = (_model_vs_runs(good, out) if study else (None, None))
+    if mvr_md:
+        md += [mvr_md, ""]
+        hb.append(f"<pre>{html.escape(mvr_md)}</pre>")
 
     figures: list[Path] = []
-    tab_metrics = ["test_acc", "memorization", "dilation", "test_dilation", "nc1", "orth_error", "etf_error", "realized_rate", "train_acc_clean"]
+    plotted = good if good else records
+    tab_metrics = ["test_acc", "memorization", "dilation", "test_dilation", "test_dilation_raw", "dilation_official",
+                   "nc1", "orth_error", "etf_error", "realized_rate", "train_acc_noisy"]
     for ds in datasets:
         md += [f"## {ds}", ""]
         hb.append(f"<h2>{html.escape(ds)}</h2>")
         figs = [
-            (f"{ds}_md_scatter.png", "Memorization vs dilation, CE vs LS, fitted lines", lambda p: _md_scatter(records, ds, p)),
-            (f"{ds}_vs_noise.png", "Test accuracy, memorization and dilation against noise rate",
-             lambda p: _vs_noise(records, ds, ["test_acc", "memorization", "dilation"], p)),
-            (f"{ds}_nc_vs_noise.png", "NC1 and orthogonal-frame error against noise rate",
-             lambda p: _vs_noise(records, ds, ["nc1", "orth_error"], p, logy=("nc1",))),
+            (f"{ds}_md_scatter.png", "Memorization vs dilation, CE vs LS, least-squares lines (eligible runs)",
+             lambda p: _md_scatter(plotted, ds, p)),
+            (f"{ds}_vs_noise.png", "Test accuracy, memorization and dilation against noise rate (eligible runs)",
+             lambda p: _vs_noise(plotted, ds, ["test_acc", "memorization", "dilation"], p)),
+            (f"{ds}_nc_vs_noise.png", "NC1 and orthogonal-frame error against noise rate (eligible runs)",
+             lambda p: _vs_noise(plotted, ds, ["nc1", "orth_error"], p, logy=("nc1",))),
         ]
         for fname, caption, make in figs:
             p = figdir / fname
@@ -209,7 +308,7 @@ def build_report(store_dir: str | Path, *, out_dir: str | Path | None = None, sw
             b64 = base64.b64encode(p.read_bytes()).decode("ascii")
             hb.append(f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{b64}'/>"
                       f"<figcaption>{html.escape(caption)}</figcaption></figure>")
-        panels = _feature_panels(store, records, ds, figdir)
+        panels = _feature_panels(store, plotted, ds, figdir)
         if panels:
             rate = panels[0][2]
             cap = f"Final training features at noise {rate:g} (seed {panels[0][3]}): crosses are mislabeled samples in their true class's colour, stars the clean centroids, circles the dilation"
@@ -219,20 +318,29 @@ def build_report(store_dir: str | Path, *, out_dir: str | Path | None = None, sw
                 f"{base64.b64encode(p.read_bytes()).decode('ascii')}'/>" for p, loss, _, _ in panels)
                 + f"<figcaption>{html.escape(cap)}</figcaption></figure>")
             figures += [p for p, _, _, _ in panels]
+        ds_metrics = [m for m in tab_metrics if any(r.get(m) is not None for r in plotted if r["dataset"] == ds)]
         for variant in ("main", "latent"):
-            head, rows = _table(records, ds, variant, tab_metrics)
+            head, rows = _table(plotted, ds, variant, ds_metrics)
             if not rows:
                 continue
-            title = "All numbers (mean ± std over seeds)" if variant == "main" else "Latent-class variant (mean ± std over seeds)"
+            title = ("All numbers (mean ± std over seeds, eligible runs)" if variant == "main"
+                     else "Latent-class variant (mean ± std over seeds)")
             md += [f"### {title}", "", _md_table(head, rows), ""]
             hb += [f"<h3>{html.escape(title)}</h3>", _html_table(head, rows)]
 
+    summary = {
+        "store": str(store_dir), "study": study,
+        "note": None if study else "not a study store: runs tabulated, no claim decided",
+        "claims": [c.to_dict() for c in claims],
+        "runs": {"completed": len(records), "eligible": len(good), "not_terminal": n_nt, "diverged": n_div,
+                 "failed": counts["failed"], "unfinished": counts["pending"] + counts["running"]},
+        "cells": cells, "excluded_runs": excluded, "geometry": geo, "model_vs_runs": mvr_json,
+    }
     md_path, html_path = out / "report.md", out / "report.html"
     atomic_write_text(md_path, "\n".join(md) + "\n")
-    css = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
-           "table{border-collapse:collapse;font-size:12px;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}"
-           "th{background:#f3f3f3}figure{margin:1em 0}img{max-width:100%}figcaption{font-style:italic;font-size:13px}")
-    atomic_write_text(html_path, f"<!doctype html><html><head><meta charset='utf-8'><title>Memorization-dilation report</title>"
-                      f"<style>{css}</style></head><body>{''.join(hb)}</body></html>\n")
-    return Report(out_dir=out, markdown=md_path, html=html_path, figures=figures, verdicts=verdicts)
+    # the HTML is the Markdown rendered (markdown-it-py), figures inlined, tables sortable
+    from nclab.report.html import write_markdown_html  # noqa: PLC0415
 
+    write_markdown_html(html_path, "\n".join(md) + "\n", title="Memorization-dilation report", base_dir=out)
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=1, default=str) + "\n")
+    return Report(out_dir=out, markdown=md_path, html=html_path, figures=figures, verdicts=verdicts, summary=summary)

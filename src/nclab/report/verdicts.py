@@ -88,6 +88,7 @@ def bootstrap_ci(
     statistic: Callable[..., float] | None = None,
     confidence: float = CONFIDENCE,
     n_resamples: int = N_RESAMPLES,
+    vectorized: bool | None = None,
 ) -> tuple[float, float]:
     """Bootstrap ``confidence`` interval of ``statistic`` (default: the mean) of ``values``.
 
@@ -105,7 +106,7 @@ def bootstrap_ci(
     if statistic is None and np.ptp(x) == 0:
         return float(x[0]), float(x[0])
     stat = statistic if statistic is not None else (lambda a, axis=-1: np.mean(a, axis=axis))
-    vectorized = statistic is None
+    vectorized = statistic is None if vectorized is None else vectorized
     for method in ("BCa", "percentile"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # DegenerateDataWarning: handled by the fallback
@@ -114,7 +115,7 @@ def bootstrap_ci(
         lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
         if math.isfinite(lo) and math.isfinite(hi):
             return lo, hi
-    v = float(stat(x))
+    v = float(np.asarray(stat(x)).reshape(-1)[0])
     return v, v
 
 
@@ -230,16 +231,52 @@ def _slope_points(rows: Sequence[dict[str, Any]], loss: str, x: str, y: str) -> 
     return out
 
 
+class _SeedStats:
+    """Per-seed, per-group sufficient statistics ``(n, Sx, Sy, Sxx, Sxy)`` of ``(group, x, y)``
+    points, so the pooled slope of any multiset of seeds is one matrix product (the bootstrap
+    evaluates it for 9999 resamples at once)."""
+
+    def __init__(self, per_seed: dict[int, list[tuple[Any, float, float]]], seeds: list[int]):
+        groups = sorted({p[0] for s in seeds for p in per_seed.get(s, [])}, key=str)
+        gi = {g: i for i, g in enumerate(groups)}
+        self.arr = np.zeros((len(seeds), max(1, len(groups)), 5))
+        for si, s in enumerate(seeds):
+            for g, x, y in per_seed.get(s, []):
+                self.arr[si, gi[g]] += (1.0, x, y, x * x, x * y)
+
+    def slope(self, counts: np.ndarray) -> np.ndarray:
+        """Slopes for ``counts`` (``(..., S)``: how often each seed is drawn)."""
+        t = np.tensordot(counts, self.arr, axes=([-1], [0]))  # (..., G, 5)
+        n = t[..., 0]
+        safe = np.where(n > 0, n, 1.0)
+        sxy = np.where(n > 0, t[..., 4] - t[..., 1] * t[..., 2] / safe, 0.0).sum(-1)
+        sxx = np.where(n > 0, t[..., 3] - t[..., 1] ** 2 / safe, 0.0).sum(-1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(sxx > 1e-300, sxy / np.where(sxx > 1e-300, sxx, 1.0), np.nan)
+
+
+def _counts(idx: np.ndarray, n_seeds: int) -> np.ndarray:
+    """``(..., S)`` draw counts from ``(..., k)`` float seed indices (scipy passes floats)."""
+    idx = np.asarray(idx).astype(int)
+    return (idx[..., :, None] == np.arange(n_seeds)).sum(-2).astype(float)
+
+
 def _seed_slope_ci(per_seed: dict[int, list], *, rng: np.random.Generator) -> tuple[float, tuple[float, float] | None]:
     seeds = sorted(per_seed)
     est = pooled_slope([p for s in seeds for p in per_seed[s]])
-
-    def stat(idx):
-        return pooled_slope([p for i in np.asarray(idx, dtype=int) for p in per_seed[seeds[i]]])
-
     if len(seeds) < 2 or not math.isfinite(est):
         return est, None
-    return est, bootstrap_ci(np.arange(len(seeds), dtype=float), rng=rng, statistic=stat)
+    st = _SeedStats(per_seed, seeds)
+    return est, _index_bootstrap(lambda c: st.slope(c), len(seeds), rng=rng)
+
+
+def _index_bootstrap(fn: Callable[[np.ndarray], np.ndarray], n_seeds: int, *, rng: np.random.Generator) -> tuple[float, float]:
+    """Bootstrap over seed indices of a statistic given as ``fn(counts)`` (vectorized)."""
+
+    def stat(idx, axis=-1):
+        return fn(_counts(np.moveaxis(np.asarray(idx), axis, -1), n_seeds))
+
+    return bootstrap_ci(np.arange(n_seeds, dtype=float), rng=rng, statistic=stat, vectorized=True)
 
 
 def _rates_ok(per_seed: dict[int, list], rows: Sequence[dict[str, Any]], loss: str) -> bool:
@@ -290,15 +327,12 @@ def slope_difference_claim(cid: str, statement: str, rows: Sequence[dict[str, An
                            n_seeds=len(seeds), reason=f"{len(seeds)} seeds with both losses' noisy runs (need {MIN_PAIRS}) "
                            "and two noisy rates")
 
-    def diff(idx) -> float:
-        ss = [seeds[i] for i in np.asarray(idx, dtype=int)]
-        return pooled_slope([p for s in ss for p in ls[s]]) - pooled_slope([p for s in ss for p in ce[s]])
-
-    est = diff(np.arange(len(seeds)))
+    st_ls, st_ce = _SeedStats(ls, seeds), _SeedStats(ce, seeds)
+    est = float(st_ls.slope(np.ones(len(seeds))) - st_ce.slope(np.ones(len(seeds))))
     if not math.isfinite(est):
         return ClaimResult(cid, statement, INSUFFICIENT, None, None, len(seeds), direction, quantity,
                            n_seeds=len(seeds), reason="no spread in the x values")
-    ci = bootstrap_ci(np.arange(len(seeds), dtype=float), rng=rng, statistic=diff)
+    ci = _index_bootstrap(lambda c: st_ls.slope(c) - st_ce.slope(c), len(seeds), rng=rng)
     return ClaimResult(cid, statement, decide(ci, n=len(seeds), direction=direction), est, ci, len(seeds), direction,
                        quantity, n_seeds=len(seeds), n=sum(len(ce[s]) + len(ls[s]) for s in seeds))
 
