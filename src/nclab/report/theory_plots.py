@@ -40,7 +40,8 @@ def _styles(series) -> dict:
 
 def _title(rows) -> str:
     r = rows[0]
-    return f"M-D model, N={r['num_classes']}, λ={r['expressivity']:g}"
+    soft = f", soft μ={r['penalty']:g}" if r.get("constraint") == "soft" else ""
+    return f"M-D model, N={r['num_classes']}, λ={r['expressivity']:g}{soft}"
 
 
 def plot_dilation_vs_memorization(rows: Sequence[dict[str, Any]], path: str | Path, *, normalized: bool = False) -> Path:
@@ -65,7 +66,7 @@ def plot_dilation_vs_memorization(rows: Sequence[dict[str, Any]], path: str | Pa
 
 
 def plot_md_vs_eta(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
-    """Two panels against eta: dilation D (and D / centre distance dashed) and the test-error proxy."""
+    """Three panels against eta: dilation D, D / centre distance and the test-error proxy."""
     apply_style()
     series = _series(rows)
     styles = _styles(series)
