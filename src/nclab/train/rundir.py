@@ -76,7 +76,7 @@ def ensure_run_dir(run_dir: str | Path) -> Path:
         raise RunDirError(f"run directory {run_dir} is a file, not a directory; choose another --run-dir")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
+    except (FileExistsError, NotADirectoryError):
         raise RunDirError(f"cannot create run directory {run_dir}: a parent of it is a file") from None
     except OSError as exc:
         raise RunDirError(f"cannot create run directory {run_dir}: {exc.strerror or exc}") from None
