@@ -14,9 +14,11 @@ from pathlib import Path
 __all__ = ["train_run"]
 
 
-def train_run(config: dict, run_dir: str) -> dict:
+def train_run(config: dict, run_dir: str, *, log: tuple[str, ...] = (), mlflow_uri: str | None = None,
+              experiment: str = "nclab") -> dict:
     """Train ``config`` into ``run_dir``; returns ``result.final`` plus ``status``
-    (``"completed"`` or ``"diverged"``)."""
+    (``"completed"`` or ``"diverged"``). ``log``/``mlflow_uri``/``experiment``: extra metrics
+    loggers, as :func:`nclab.integrations.loggers.make_loggers` (bind them with ``functools.partial``)."""
     threads = os.environ.get("NCLAB_WORKER_THREADS")
     import torch  # noqa: PLC0415
 
@@ -27,16 +29,25 @@ def train_run(config: dict, run_dir: str) -> dict:
 
     cfg = TrainConfig.model_validate(config)
     rd = Path(run_dir)
+
+    def loggers():  # fresh per attempt; they open at the first record
+        if not log:
+            return None
+        from nclab.integrations.loggers import make_loggers  # noqa: PLC0415
+
+        return make_loggers(log, run_dir=rd, name=cfg.name, params=cfg.to_dict(), mlflow_uri=mlflow_uri,
+                            experiment=experiment)
+
     result = None
     if (rd / "checkpoints" / "last.pt").exists():
         try:
-            result = train(cfg, run_dir=rd, resume=True, overwrite=False, progress=False)
+            result = train(cfg, run_dir=rd, resume=True, overwrite=False, progress=False, loggers=loggers())
         except RunLockError:
             raise  # another live process trains it: never delete its files
         except (CheckpointError, RunDirError):  # an unusable checkpoint: start over below
             result = None  # (disk full, memory... propagate: the run is recorded as failed, files kept)
     if result is None:
-        result = train(cfg, run_dir=rd, resume=False, overwrite=True, progress=False)
+        result = train(cfg, run_dir=rd, resume=False, overwrite=True, progress=False, loggers=loggers())
     final = dict(result.final or {})  # None when the run diverged before its first evaluation
     final["status"] = result.status
     if result.diverged_epoch is not None:
