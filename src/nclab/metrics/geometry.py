@@ -5,7 +5,7 @@ Frames (unit Frobenius norm targets):
 
 - simplex ETF Gram: ``E = (I − 11ᵀ/C) / sqrt(C − 1)``;
 - orthogonal frame Gram: ``I / sqrt(C)`` — what the *uncentred* means of
-  non-negative features collapse to (paper-notes §2).
+  non-negative features collapse to (docs/method.md, section 2).
 
 For C = 2 the centred means are always opposite, so angle metrics carry no
 information there.
