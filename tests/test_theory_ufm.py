@@ -1,4 +1,4 @@
-"""The UFM solver against the closed forms (docs/theory-md-model.md; Zhu et al. 2021)."""
+"""The UFM solver against the closed forms of ufm.closed_form (and Zhu et al. 2021)."""
 
 from __future__ import annotations
 

@@ -9,8 +9,8 @@ with W of shape (N, d), H of shape (d, n), L any loss of ``nclab.losses`` (CE, L
 MSE, ...). Solved in float64 by L-BFGS-B (bounds give H >= 0) with torch autograd gradients
 from several seeded random starts; the stopping rule is ``||projected gradient||_2 <= tol``.
 
-Closed forms (derived in ``docs/theory-md-model.md``; checked by ``tests/test_theory_ufm.py``)
-are in :func:`closed_form`. Reported norms are root-mean-square, so they are defined for any
+Closed forms are stated in :func:`closed_form` (checked by ``tests/test_theory_ufm.py``).
+Reported norms are root-mean-square, so they are defined for any
 solution: ``feature_norm = ||H||_F / sqrt(n)``, ``weight_norm = ||W||_F / sqrt(N)``, and
 ``margin`` is the mean over samples of ``z_y - max_{k != y} z_k``.
 """
