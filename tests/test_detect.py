@@ -182,7 +182,7 @@ def _app():
 
 def test_detect_cli_writes_ranked_csv(run_with_dynamics, tmp_path):
     out = tmp_path / "s.csv"
-    r = CliRunner().invoke(_app(), ["detect", str(run_with_dynamics), "--out", str(out), "--top", "3"])
+    r = CliRunner().invoke(_app(), ["detect", str(run_with_dynamics), "--out", str(out), "--top", "3", "--score", "combined"])
     assert r.exit_code == 0, r.output
     assert "combined" in r.output and "AUROC" in r.output
     rows = list(csv.DictReader(out.open()))
@@ -207,3 +207,9 @@ def test_detect_cli_errors(tmp_path, run_with_dynamics):
     assert r.exit_code == 2 and "config.yaml" in r.output
     r = CliRunner().invoke(_app(), ["detect", str(run_with_dynamics), "--score", "nope"])
     assert r.exit_code == 2 and "valid" in r.output
+
+
+def test_detect_cli_auto_uses_dynamics_when_recorded(run_with_dynamics, tmp_path):
+    r = CliRunner().invoke(_app(), ["detect", str(run_with_dynamics), "--out", str(tmp_path / "a.csv"), "--top", "0"])
+    assert r.exit_code == 0, r.output
+    assert "scored by dynamics" in " ".join(r.output.split())

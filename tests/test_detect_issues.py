@@ -160,3 +160,15 @@ def test_margins_recorded_every_epoch_and_flag_beats_random(noisy_run):
     f = rundir.load_npz(noisy_run / rundir.FEATURES)
     qc = get_label_quality_scores(y, features=f["features"], margins=dyn.margins, method="combined")
     assert detection_quality(1 - qc, truth)["auroc"] > 0.85
+
+
+def test_demo_records_dynamics_for_detect(tmp_path):
+    from nclab.demo import run_demo
+    from nclab.detect import score_run
+    from nclab.train.dynamics import load_dynamics
+
+    res = run_demo(out_dir=tmp_path, epochs=3, progress=False)
+    for r in res.runs:
+        assert load_dynamics(r.run_dir).epochs.tolist() == [1, 2, 3]
+    sus = score_run(res.runs[0].run_dir, score="dynamics")
+    assert sus.flag_rule == "aum" and sus.quality()["auroc"] > 0.5

@@ -3,7 +3,8 @@
 Two small MLPs trained on the same label-noised binary task, one with
 cross-entropy and one with label smoothing LS(α); the memorization-dilation
 picture of each: a side-by-side metric table, a 2-D feature scatter per loss
-and NC-metric-vs-epoch curves.
+and NC-metric-vs-epoch curves. Both runs record training dynamics (per-sample
+margins every epoch), so ``nclab detect OUT/ce`` finds the mislabeled samples.
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ def demo_config(dataset: str, *, loss: str, alpha: float, noise_rate: float, see
     base = {k: (dict(v) if isinstance(v, dict) else v) for k, v in DEMO_DATASETS[dataset].items()}
     base.update(
         name=f"demo-{dataset}-{loss}",
+        record_dynamics=True,  # per-epoch margins: `nclab detect OUT/ce` then ranks by AUM too
         seed=seed,
         noise={"kind": "symmetric", "rate": noise_rate},
         loss={"name": loss, "alpha": alpha},

@@ -43,4 +43,6 @@ def register(app: typer.Typer) -> None:
         for r in res.runs:
             console.print(f"  {r.scatter}")
         console.print(f"  {res.curves}")
-        console.print(f"runs (metrics.jsonl, config.yaml, checkpoints): {', '.join(str(r.run_dir) for r in res.runs)}")
+        console.print(f"runs (metrics.jsonl, config.yaml, checkpoints, dynamics): "
+                      f"{', '.join(str(r.run_dir) for r in res.runs)}")
+        console.print(f"find the mislabeled samples: nclab detect {res.runs[0].run_dir}", highlight=False)

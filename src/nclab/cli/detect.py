@@ -18,7 +18,8 @@ def register(app: typer.Typer) -> None:
         run_dir: Path = typer.Argument(..., help="an nclab run directory"),
         out: Optional[Path] = typer.Option(None, "--out", help="CSV to write [default: RUN_DIR/suspicion-<score>.csv]"),
         score: str = typer.Option("auto", "--score", help="features | knn | dynamics | fit_epoch | combined | auto "
-                                  "(auto: combined when the run recorded dynamics, else features)"),
+                                  "(auto: dynamics, i.e. AUM, when the run recorded dynamics, else features; "
+                                  "feature scores fade once the network has memorized the noisy labels)"),
         k: int = typer.Option(10, "--k", help="neighbours for the knn score"),
         top: int = typer.Option(10, "--top", help="print this many most suspicious samples"),
         device: str = typer.Option("cpu", "--device", help="torch device, e.g. cpu or cuda"),
@@ -43,7 +44,7 @@ def register(app: typer.Typer) -> None:
             if not torch.cuda.is_available():
                 fail(f"--device {device} requested but CUDA is not available on this machine; use --device cpu")
         if score == "auto":
-            score = "combined" if DynamicsRecorder(run_dir).epochs() else "features"
+            score = "dynamics" if DynamicsRecorder(run_dir).epochs() else "features"
         elif score not in SCORES:
             fail(f"unknown --score {score!r}; valid: auto, {', '.join(SCORES)}")
         try:
