@@ -137,7 +137,9 @@ def _base(scale: str, dataset: str, *, data_dir: str | None, device: str | None,
         if per_class is None:
             per_class = None if dataset == "digits" else (60 if tiny else 500)
         return {
-            "epochs": epochs, "batch_size": 32, "eval_every": epochs, "device": device or "cpu", "threads": 1,
+            # full metrics only at the end; a checkpoint every 25 epochs (one per epoch costs more than the epoch)
+            "epochs": epochs, "batch_size": 32, "eval_every": epochs, "checkpoint_every": 25, "device": device or "cpu",
+            "threads": 1,
             "dataset": {"name": dataset, "classes": classes, "per_class": per_class, "preprocess": "native",
                         "data_dir": data_dir},
             "noise": {"kind": NOISE_KIND, "rate": 0.0, "exact": False},
@@ -152,7 +154,7 @@ def _base(scale: str, dataset: str, *, data_dir: str | None, device: str | None,
         }
     if scale == "paper":
         return {
-            "epochs": 200, "batch_size": 16, "eval_every": 20, "device": device or "auto",
+            "epochs": 200, "batch_size": 16, "eval_every": 20, "checkpoint_every": 10, "device": device or "auto",
             "dataset": {"name": dataset, "classes": classes, "per_class": per_class, "preprocess": "paper",
                         "data_dir": data_dir},
             "noise": {"kind": NOISE_KIND, "rate": 0.0, "exact": False},
