@@ -208,3 +208,10 @@ def test_tables_wrap_at_80_columns(tmp_path, monkeypatch):
         assert res.exit_code == 0, res.output
         assert "…" not in res.output, (args, res.output)
         assert max(len(ln) for ln in res.output.splitlines()) <= 80, (args, res.output)
+
+
+def test_sweep_errors_name_flags(tmp_path):
+    spec = Path(__file__).resolve().parents[1] / "src" / "nclab" / "configs" / "sweeps" / "digits-md.yaml"
+    res = runner.invoke(app, ["sweep", str(spec), "--workers", "0", "--store", str(tmp_path / "st")])
+    assert res.exit_code == 2 and "--workers must be >= 1" in res.output
+    assert cli_wording("dataset.per_class must be >= 1", {"per_class": "--per-class"}) == "dataset.per_class must be >= 1"
