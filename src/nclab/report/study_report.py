@@ -1,8 +1,15 @@
 """The study report: figures (matplotlib Agg, Okabe-Ito colours) and a Markdown page plus a
 self-contained HTML page (figures base64-embedded), built from a results store only.
 
-``build_report(store_dir, out_dir=None) -> Report`` writes ``report.md``, ``report.html``
-and ``figures/*.png`` under ``out_dir`` (default ``STORE/report``).
+``build_report(store_dir, out_dir=None) -> Report`` writes ``report.md``, ``report.html``,
+``summary.json`` and ``figures/*.png`` under ``out_dir`` (default ``STORE/report``).
+
+Content: the claims with estimate, 95 % interval and verdict (:mod:`nclab.report.verdicts`,
+decided only for a study store and only from eligible runs: terminal phase, not diverged),
+the terminal-phase counts per cell and the runs left out, the class-means geometry per cell
+(:mod:`nclab.metrics.frames`), the model-vs-runs section when
+:mod:`nclab.report.model_vs_runs` is installed, then per dataset the figures and tables of the
+eligible runs. The rules are written out in ``docs/method.md``.
 """
 
 from __future__ import annotations
