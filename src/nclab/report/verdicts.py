@@ -55,7 +55,9 @@ FRACTION_THRESHOLD = 0.5
 
 @dataclass
 class ClaimResult:
-    """One decided claim. ``estimate``/``ci`` are ``None`` with ``insufficient data``.
+    """One decided claim. ``estimate``/``ci`` are ``None`` when there is nothing to estimate
+    (paired claims and slopes with ``insufficient data``; a fraction of 1-4 runs is shown but
+    decides nothing).
 
     ``n_pairs`` counts complete CE/LS pairs (paired claims) or ``None`` (unpaired: slopes per
     loss, fractions), ``n_seeds`` the resampled seeds, ``n`` the runs or points used.
