@@ -27,6 +27,8 @@ class SweepProgress:
         self._task = None
         self._durations: list[float] = []
         self._t0 = time.time()
+        self._plain = enabled and not self.console.is_terminal  # logs, batch jobs: one line per finished run
+        self._last_line = 0.0
 
     def __call__(self, ev: Any) -> None:
         c = ev.counts
@@ -36,6 +38,13 @@ class SweepProgress:
             last = (ev.error or "").strip().splitlines()[-1:] or ["?"]
             self.console.print(f"[red]failed[/red] {ev.name}: {last[0]}")
         if not self.enabled:
+            return
+        if self._plain:
+            if ev.kind in ("completed", "failed", "end") or (ev.kind == "tick" and time.time() - self._last_line > 60):
+                self._last_line = time.time()
+                self.console.print(f"{self.title}: {c['done']}/{c['total']} done, {c['failed']} failed, "
+                                   f"{c['running']} running, elapsed {_fmt_seconds(time.time() - self._t0)}, "
+                                   f"ETA {self._eta(c)}", highlight=False)
             return
         if ev.kind == "start":
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: PLC0415
@@ -54,17 +63,22 @@ class SweepProgress:
             return
         if self._progress is None:
             return
-        remaining = c["total"] - c["done"] - c["failed"]
-        eta = "?"
-        if self._durations and remaining > 0:
-            par = max(1, c["running"])
-            eta_s = sum(self._durations) / len(self._durations) * remaining / par
-            eta = _fmt_seconds(eta_s)
-        elif remaining <= 0:
-            eta = "0s"
+        eta = self._eta(c)
         self._progress.update(self._task, completed=c["done"], running=c["running"], failed=c["failed"], eta=eta)
         if ev.kind == "end":
             self._progress.stop()
+
+
+    def _eta(self, c: dict) -> str:
+        # from this session's throughput (runs finished per second), which also holds for stacks
+        # whose members finish together
+        remaining = c["total"] - c["done"] - c["failed"]
+        if remaining <= 0:
+            return "0s"
+        if not self._durations:
+            return "?"
+        rate = len(self._durations) / max(1e-9, time.time() - self._t0)
+        return _fmt_seconds(remaining / rate)
 
 
 def _fmt_seconds(s: float) -> str:
@@ -76,8 +90,14 @@ def _fmt_seconds(s: float) -> str:
     return f"{s // 3600}h{(s % 3600) // 60:02d}m"
 
 
+_FLAGS = {"workers": "--workers", "num_cpus": "--num-cpus", "num_gpus": "--num-gpus", "ray_address": "--ray-address",
+          "retry_failed": "--retry-failed", "study_name": "--study-name"}
+
+
 def _fail(msg: str, code: int = 2) -> None:
-    typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
+    from nclab.cli import cli_wording  # noqa: PLC0415  (library keyword names -> this command's flags)
+
+    typer.secho(f"error: {cli_wording(msg, _FLAGS)}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
 
 
@@ -152,6 +172,7 @@ def register(app: typer.Typer) -> None:
             help="module:function to call instead of the trainer (configs are then not validated by TrainConfig)",
         ),
         log: list[str] = typer.Option([], "--log", help="also log every run to tensorboard (RUN_DIR/tensorboard) or mlflow (MLFLOW_TRACKING_URI, else STORE/mlflow.db, experiment = sweep name); repeatable"),
+        stack: int = typer.Option(1, "--stack", help="train up to this many compatible runs (same model and data shape) as one stacked model per worker; 1 = one run at a time"),
     ) -> None:
         """Run every config of a sweep spec once; resumable (kill and rerun) and safe to run twice."""
         from nclab.config import ConfigError  # noqa: PLC0415
@@ -185,7 +206,7 @@ def register(app: typer.Typer) -> None:
         try:
             with ex:
                 summary = run_sweep(store, runs, run_fn=fn, executor=ex, sweep=spec.name, retry_failed=retry_failed,
-                                    on_event=prog)
+                                    on_event=prog, stack=stack)
         except (OSError, sqlite3.OperationalError) as exc:  # disk full, read-only store
             _io_fail(exc, f"sweep {spec.name} (store {store.root})")
         _print_summary(summary, store)
@@ -276,7 +297,7 @@ def _register_study(app: typer.Typer) -> None:
         scale: str = typer.Option("small", "--scale", help="small (CPU, ~30 min on 2 cores) | paper (GPU, official config)"),
         datasets: Optional[list[str]] = typer.Option(None, "--datasets", help="datasets to use [default: every one available locally]"),
         store_dir: Path = typer.Option(Path("studies/memorization-dilation"), "--store", help="results store directory"),
-        data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="where mnist/cifar10/svhn files live"),
+        data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="where mnist/cifar10/svhn files live [default: the standard locations, e.g. $NCLAB_DATA]"),
         seeds: Optional[int] = typer.Option(None, "--seeds", help="number of paired seeds per cell [small: 10, paper: 10]"),
         workers: Optional[int] = typer.Option(None, "--workers", "-j", help="parallel runs [default: CPU count]"),
         executor: str = typer.Option("local", "--executor", help="local | ray | inline"),
@@ -289,6 +310,7 @@ def _register_study(app: typer.Typer) -> None:
         no_report: bool = typer.Option(False, "--no-report", help="do not write the report at the end"),
         dry_run: bool = typer.Option(False, "--dry-run", help="list the runs and exit (the data are not looked for)"),
         as_json: bool = typer.Option(False, "--json", help="with --dry-run: print the resolved run configs as JSON"),
+        stack: int = typer.Option(8, "--stack", help="train up to this many compatible runs as one stacked model per worker (1 = one at a time)"),
     ) -> None:
         """Regenerate the memorization-dilation study: runs (resumable) then the report."""
         from nclab.store.index import RunStore  # noqa: PLC0415
@@ -319,7 +341,7 @@ def _register_study(app: typer.Typer) -> None:
         ex = make_executor(executor, workers=workers, ray_address=ray_address, num_gpus=num_gpus)
         prog = SweepProgress(title=f"{study} ({scale})", enabled=not no_progress)
         with ex:
-            summary = run_study(plan, store=store, executor=ex, on_event=prog, retry_failed=retry_failed)
+            summary = run_study(plan, store=store, executor=ex, on_event=prog, retry_failed=retry_failed, stack=stack)
         _print_summary(summary, store)
         if not no_report:
             from nclab.report import build_report  # noqa: PLC0415

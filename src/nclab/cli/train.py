@@ -19,8 +19,9 @@ def register(app: typer.Typer) -> None:
         run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Run directory [default: runs/<name>]."),
         resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in the run directory."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Delete the run directory's nclab files first."),
-        no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
+        no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar (nor plain progress lines when not on a terminal)."),
         max_epochs: Optional[int] = typer.Option(None, "--max-epochs", help="Stop after this epoch (resumable) [default: the config's epochs]."),
+        threads: Optional[int] = typer.Option(None, "--threads", help="Torch threads for this run (same as --set threads=N; part of the run's identity) [default: the config's threads, 1]."),
         log: list[str] = typer.Option([], "--log", help="Also log every record to tensorboard (RUN_DIR/tensorboard) or mlflow (MLFLOW_TRACKING_URI, else RUN_DIR/mlflow.db); repeatable. metrics.jsonl (jsonl) is always written."),
     ) -> None:
         """Train one model under label noise; writes config, env, metrics.jsonl and checkpoints.
@@ -52,7 +53,7 @@ def register(app: typer.Typer) -> None:
         try:
             if config is not None:
                 config = resolve_config(config)
-            cfg = TrainConfig.from_sources(config, set_)
+            cfg = TrainConfig.from_sources(config, list(set_) + ([f"threads={threads}"] if threads is not None else []))
             target = run_dir if run_dir is not None else Path("runs") / cfg.name
             from nclab.integrations.loggers import make_loggers
 
@@ -72,7 +73,8 @@ def register(app: typer.Typer) -> None:
             err.print("[bold red]interrupted[/] before training started; nothing to resume", highlight=False)
             raise typer.Exit(130) from None
         out = Console()
-        table = Table(title=f"{cfg.name}: {result.status} at epoch {result.epoch}/{cfg.epochs}", show_header=False)
+        title = f"{cfg.name}: {result.status} at epoch {result.epoch}/{cfg.epochs}"
+        table = Table(title=title, show_header=False, title_justify="left", min_width=min(len(title), 80))  # title on one line
         final = result.final or {}
         for key in ("test_acc", "train_acc_noisy", "train_acc_clean", "train.nc1", "train.memorization",
                     "train.dilation", "test.nc1"):

@@ -7,14 +7,20 @@ an *envelope* ``{"ok": True, "final": {...}, "outcome": ...}`` or ``{"ok": False
 
 * :class:`LocalExecutor` — a process pool (``spawn`` by default; ``forkserver`` allowed).
   Each worker watches the driver and exits if the driver dies (SIGKILL included), so an
-  orphaned worker never keeps writing to a run that a restarted sweep re-runs. Each worker
-  gets ``cpu_count // workers`` torch threads so N workers do not oversubscribe the cores.
+  orphaned worker never keeps writing to a run that a restarted sweep re-runs. A run's torch
+  thread count is its config's ``threads`` (default 1) whatever the number of workers, so
+  ``-j1`` and ``-j2`` give the same numbers; the workers' OpenMP/BLAS pools are set to 1
+  thread so N workers never oversubscribe the cores.
 * :class:`InlineExecutor` — runs in the calling process, one at a time (debugging, tests).
 * :class:`RayExecutor` — one Ray task per run with ``num_cpus``/``num_gpus``; a running
   cluster (``address``) or a local runtime. Only the driver writes the store; run
   directories must be on a file system the Ray workers share with the driver.
 
 ``run_fn`` must be picklable (a module-level function) for the process and Ray executors.
+
+Stacks: ``executor.submit_stack(stack_fn, configs, run_dirs)`` runs ``stack_fn(configs,
+run_dirs) -> [final, ...]`` (one process trains all members; see
+:mod:`nclab.train.stacked`) and resolves to a list of envelopes, one per member.
 """
 
 from __future__ import annotations
@@ -29,7 +35,8 @@ from typing import Any, Callable
 
 from nclab.store.index import pid_alive, pid_start_time
 
-__all__ = ["Executor", "LocalExecutor", "InlineExecutor", "RayExecutor", "make_executor", "call_run", "EXECUTORS"]
+__all__ = ["Executor", "LocalExecutor", "InlineExecutor", "RayExecutor", "make_executor", "call_run", "call_stack",
+           "EXECUTORS"]
 
 EXECUTORS: tuple[str, ...] = ("local", "inline", "ray")
 
@@ -56,6 +63,28 @@ def call_run(run_fn: RunFn, config: dict, run_dir: str) -> dict[str, Any]:
         return {"ok": False, "error": traceback.format_exc()}
 
 
+StackFn = Callable[[list, list], list]
+
+
+def call_stack(stack_fn: StackFn, configs: list[dict], run_dirs: list[str]) -> list[dict[str, Any]]:
+    """Call ``stack_fn(configs, run_dirs)``; one envelope per member (all failed if it raises)."""
+    try:
+        finals = stack_fn(configs, run_dirs)
+        if not isinstance(finals, list) or len(finals) != len(configs):
+            raise TypeError(f"stack function must return one dict per run ({len(configs)}); got {type(finals).__name__}")
+        out = []
+        for final in finals:
+            final = dict(final or {})
+            outcome = str(final.pop("status", "completed"))
+            out.append({"ok": True, "final": final, "outcome": outcome})
+        return out
+    except BaseException as exc:  # noqa: BLE001 - recorded for every member
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        err = traceback.format_exc()
+        return [{"ok": False, "error": err} for _ in configs]
+
+
 class Executor:
     """Base class: ``capacity``, ``submit``, ``shutdown``."""
 
@@ -63,6 +92,10 @@ class Executor:
     name: str = "base"
 
     def submit(self, run_fn: RunFn, config: dict, run_dir: str) -> cf.Future:
+        raise NotImplementedError
+
+    def submit_stack(self, stack_fn: StackFn, configs: list[dict], run_dirs: list[str]) -> cf.Future:
+        """Run a stack; the future resolves to one envelope per member."""
         raise NotImplementedError
 
     def restart(self) -> None:
@@ -91,6 +124,11 @@ class InlineExecutor(Executor):
         fut.set_result(call_run(run_fn, config, run_dir))
         return fut
 
+    def submit_stack(self, stack_fn: StackFn, configs: list[dict], run_dirs: list[str]) -> cf.Future:
+        fut: cf.Future = cf.Future()
+        fut.set_result(call_stack(stack_fn, configs, run_dirs))
+        return fut
+
 
 def _watch_driver(driver_pid: int, driver_start: int | None, period: float) -> None:
     while True:
@@ -103,7 +141,6 @@ def _worker_init(driver_pid: int, driver_start: int | None, threads: int) -> Non
     # set before torch is imported by the run function (spawned workers import it lazily)
     os.environ["OMP_NUM_THREADS"] = str(threads)
     os.environ["MKL_NUM_THREADS"] = str(threads)
-    os.environ["NCLAB_WORKER_THREADS"] = str(threads)
     threading.Thread(target=_watch_driver, args=(driver_pid, driver_start, 0.5), daemon=True).start()
 
 
@@ -111,7 +148,8 @@ class LocalExecutor(Executor):
     """A process pool of ``workers`` processes (default ``os.cpu_count()``).
 
     ``context``: ``"spawn"`` (default; safe with torch and threads) or ``"forkserver"``.
-    ``threads_per_worker``: torch/OpenMP threads per worker, default ``cpu_count // workers``.
+    ``threads_per_worker``: OpenMP/BLAS pool size of each worker (default 1); a run's torch
+    intra-op threads are its config's ``threads``.
     """
 
     name = "local"
@@ -125,7 +163,7 @@ class LocalExecutor(Executor):
             raise ValueError(f"context must be 'spawn' or 'forkserver' (fork is unsafe with torch threads); got {context!r}")
         self.capacity = workers
         self.context = context
-        self.threads = threads_per_worker or max(1, ncpu // workers)
+        self.threads = threads_per_worker or 1
         self._pool: cf.ProcessPoolExecutor | None = None
 
     def _make(self) -> cf.ProcessPoolExecutor:
@@ -141,6 +179,11 @@ class LocalExecutor(Executor):
         if self._pool is None:
             self._pool = self._make()
         return self._pool.submit(call_run, run_fn, config, run_dir)
+
+    def submit_stack(self, stack_fn: StackFn, configs: list[dict], run_dirs: list[str]) -> cf.Future:
+        if self._pool is None:
+            self._pool = self._make()
+        return self._pool.submit(call_stack, stack_fn, configs, run_dirs)
 
     def restart(self) -> None:
         if self._pool is not None:
@@ -201,6 +244,7 @@ class RayExecutor(Executor):
             ray.init(address=address, **kwargs)
             self._owns_runtime = True
         self._remote = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=0)(call_run)
+        self._remote_stack = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=0)(call_stack)
         if capacity is None:
             res = ray.cluster_resources()
             fits = [int(res.get("CPU", 1) // num_cpus)] if num_cpus > 0 else []
@@ -214,6 +258,11 @@ class RayExecutor(Executor):
         ref = self._remote.remote(run_fn, config, run_dir)
         self._refs = [r for r in self._refs if not _ray_done(self._ray, r)] + [ref]
         return _ray_future(self._ray, ref)
+
+    def submit_stack(self, stack_fn: StackFn, configs: list[dict], run_dirs: list[str]) -> cf.Future:
+        ref = self._remote_stack.remote(stack_fn, configs, run_dirs)
+        self._refs = [r for r in self._refs if not _ray_done(self._ray, r)] + [ref]
+        return _ray_future(self._ray, ref, members=len(configs))
 
     def shutdown(self, *, cancel: bool = False) -> None:
         if cancel:
@@ -233,8 +282,9 @@ def _ray_done(ray: Any, ref: Any) -> bool:
     return bool(ready)
 
 
-def _ray_future(ray: Any, ref: Any) -> cf.Future:
-    """A concurrent.futures.Future for an ObjectRef; task/worker crashes become failed envelopes."""
+def _ray_future(ray: Any, ref: Any, *, members: int | None = None) -> cf.Future:
+    """A concurrent.futures.Future for an ObjectRef; task/worker crashes become failed envelopes
+    (one per member for a stack)."""
     out: cf.Future = cf.Future()
     src = ref.future()
 
@@ -242,7 +292,8 @@ def _ray_future(ray: Any, ref: Any) -> cf.Future:
         try:
             out.set_result(f.result())
         except BaseException:  # noqa: BLE001 - RayTaskError, WorkerCrashedError, cancellation
-            out.set_result({"ok": False, "error": traceback.format_exc()})
+            env = {"ok": False, "error": traceback.format_exc()}
+            out.set_result(env if members is None else [dict(env) for _ in range(members)])
 
     src.add_done_callback(_done)
     return out

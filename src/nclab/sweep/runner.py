@@ -84,14 +84,34 @@ def run_sweep(
     heartbeat_every: float = 5.0,
     on_event: Callable[[SweepEvent], None] | None = None,
     max_new: int | None = None,
+    stack: int | None = None,
+    stack_fn: Callable[[list, list], list] | None = None,
 ) -> SweepSummary:
     """Run every pending run of ``runs`` (objects/dicts with hash, name, config) exactly once.
 
     Completed runs are skipped; failed ones are skipped unless ``retry_failed``; runs held by
     another live driver are left to it. ``max_new`` stops claiming after that many runs
-    (used by the search to run one batch). Returns a :class:`SweepSummary`; the results are
-    in the store. On KeyboardInterrupt the claimed runs are released and workers stopped.
+    (used by the search to run one batch). ``stack=K`` trains compatible runs (same model
+    and data shape, see :func:`nclab.train.stacked.stack_key`) K at a time in one process
+    with ``stack_fn`` (default: the real stacked trainer; only with the default ``run_fn``
+    unless ``stack_fn`` is given); each member is still claimed, completed or failed on its
+    own. Returns a :class:`SweepSummary`; the results are in the store. On
+    KeyboardInterrupt the claimed runs are released and workers stopped.
     """
+    if stack is not None and stack < 1:
+        raise ValueError(f"stack must be >= 1; got {stack}")
+    stacking = stack is not None and stack > 1
+    if stacking and stack_fn is None:
+        import functools  # noqa: PLC0415
+
+        from nclab.sweep.run import train_run, train_stack_run  # noqa: PLC0415
+
+        if run_fn is train_run:
+            stack_fn = train_stack_run
+        elif isinstance(run_fn, functools.partial) and run_fn.func is train_run and not run_fn.args:
+            stack_fn = functools.partial(train_stack_run, **run_fn.keywords)  # e.g. --log bound to the trainer
+        else:
+            raise ValueError("stack=K needs the built-in trainer (or an explicit stack_fn); this sweep has a custom run function")
     t_start = time.time()
     runs = list(runs)
     by_hash = {(_f(r, "hash")): r for r in runs}
@@ -104,9 +124,17 @@ def run_sweep(
     status = store.status_of(hashes)
     summary.already_done = sum(1 for h in hashes if status.get(h) == "completed")
     summary.skipped_failed = sum(1 for h in hashes if status.get(h) == "failed")
-    todo = deque(h for h in hashes if status.get(h) in ("pending", "running"))
+    def units_of(hs: Iterable[str]) -> list[list[str]]:
+        hs = list(hs)
+        if not stacking:
+            return [[h] for h in hs]
+        from nclab.train.stacked import group_stacks  # noqa: PLC0415
+
+        return group_stacks(hs, size=int(stack), config_of=lambda h: _f(by_hash[h], "config"))
+
+    todo = deque(units_of(h for h in hashes if status.get(h) in ("pending", "running")))
     owner = Owner()
-    inflight: dict[cf.Future, tuple[str, float]] = {}
+    inflight: dict[cf.Future, tuple[list[str], float, bool]] = {}
     elsewhere: set[str] = set()
     claimed = 0
     last_beat = time.time()
@@ -119,25 +147,37 @@ def run_sweep(
     try:
         while True:
             while len(inflight) < executor.capacity and todo and (max_new is None or claimed < max_new):
-                h = todo.popleft()
-                if not store.claim(h, owner):
-                    if store.status_of([h]).get(h) == "running":
-                        elsewhere.add(h)
+                unit = todo.popleft()
+                got: list[str] = []
+                for i, h in enumerate(unit):
+                    if max_new is not None and claimed >= max_new:
+                        todo.appendleft(unit[i:])  # the rest waits for the next call
+                        break
+                    if not store.claim(h, owner):
+                        if store.status_of([h]).get(h) == "running":
+                            elsewhere.add(h)
+                        continue
+                    claimed += 1
+                    elsewhere.discard(h)
+                    got.append(h)
+                    emit("claimed", hash=h, name=_f(by_hash[h], "name"))
+                if not got:
                     continue
-                claimed += 1
-                elsewhere.discard(h)
-                run = by_hash[h]
-                run_dir = store.run_dir(h)
-                fut = executor.submit(run_fn, _f(run, "config"), str(run_dir))
-                inflight[fut] = (h, time.time())
-                emit("claimed", hash=h, name=_f(run, "name"))
+                if len(got) == 1:
+                    h = got[0]
+                    fut = executor.submit(run_fn, _f(by_hash[h], "config"), str(store.run_dir(h)))
+                    inflight[fut] = (got, time.time(), False)
+                else:
+                    fut = executor.submit_stack(stack_fn, [_f(by_hash[h], "config") for h in got],
+                                                [str(store.run_dir(h)) for h in got])
+                    inflight[fut] = (got, time.time(), True)
             if not inflight:
                 if elsewhere and (max_new is None or claimed < max_new):
                     # another driver holds these; take them over only if it died meanwhile
                     back = set(store.reclaim_stale()) & elsewhere
                     if back:
                         summary.reclaimed += len(back)
-                        todo.extend(sorted(back))
+                        todo.extend(units_of(sorted(back)))
                         elsewhere -= back
                         continue
                     st = store.status_of(sorted(elsewhere))
@@ -146,26 +186,29 @@ def run_sweep(
             done, _ = cf.wait(list(inflight), timeout=heartbeat_every, return_when=cf.FIRST_COMPLETED)
             broken = False
             for fut in done:
-                h, t0 = inflight.pop(fut)
-                name = _f(by_hash[h], "name")
+                hs, t0, is_stack = inflight.pop(fut)
                 try:
-                    env = fut.result()
+                    envs = fut.result()
                 except cf.process.BrokenProcessPool:
                     broken = True
-                    env = {"ok": False, "error": "worker process died (killed, out of memory or crashed) while running this run"}
+                    envs = {"ok": False, "error": "worker process died (killed, out of memory or crashed) while running this run"}
                 except BaseException as exc:  # noqa: BLE001 - executor-level failure of one run
-                    env = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-                dt = time.time() - t0
-                if env.get("ok"):
-                    if store.complete(h, owner, env["final"], outcome=env.get("outcome", "completed")):
-                        summary.completed += 1
-                        summary.durations.append(dt)
-                        summary.finals[h] = env["final"]
-                        emit("completed", hash=h, name=name, duration=dt)
-                else:
-                    if store.fail(h, owner, env["error"]):
-                        summary.failed += 1
-                        emit("failed", hash=h, name=name, duration=dt, error=env["error"])
+                    envs = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+                if isinstance(envs, dict):
+                    envs = [dict(envs) for _ in hs]
+                dt = (time.time() - t0) / len(hs)  # a stack's wall time, shared by its members
+                for h, env in zip(hs, envs):
+                    name = _f(by_hash[h], "name")
+                    if env.get("ok"):
+                        if store.complete(h, owner, env["final"], outcome=env.get("outcome", "completed")):
+                            summary.completed += 1
+                            summary.durations.append(dt)
+                            summary.finals[h] = env["final"]
+                            emit("completed", hash=h, name=name, duration=dt)
+                    else:
+                        if store.fail(h, owner, env["error"]):
+                            summary.failed += 1
+                            emit("failed", hash=h, name=name, duration=dt, error=env["error"])
             if broken:
                 executor.restart()
             if time.time() - last_beat >= heartbeat_every:
@@ -174,8 +217,9 @@ def run_sweep(
                 emit("tick")
     except BaseException:
         executor.shutdown(cancel=True)
-        for h, _ in inflight.values():
-            store.release(h, owner)
+        for hs, _, _ in inflight.values():
+            for h in hs:
+                store.release(h, owner)
         raise
     summary.elsewhere = len(elsewhere)
     summary.wall = time.time() - t_start
@@ -192,7 +236,7 @@ def _counts(summary: SweepSummary, inflight: dict, elsewhere: set) -> dict[str, 
         "total": summary.total,
         "done": summary.already_done + summary.completed,
         "failed": summary.failed + summary.skipped_failed,
-        "running": len(inflight),
+        "running": sum(len(v[0]) for v in inflight.values()),
         "elsewhere": len(elsewhere),
         "new_done": summary.completed,
     }

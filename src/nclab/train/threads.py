@@ -19,14 +19,24 @@ __all__ = ["thread_scope", "thread_record"]
 
 @contextlib.contextmanager
 def thread_scope(threads: int) -> Iterator[None]:
-    """Run the body with ``torch.set_num_threads(threads)``; the previous count is restored."""
+    """Run the body with ``threads`` torch intra-op threads and BLAS threads (threadpoolctl);
+    the previous counts are restored."""
     if threads < 1:
         raise ValueError(f"threads must be >= 1; got {threads}")
     before = torch.get_num_threads()
+    try:
+        # numpy/scipy's BLAS too (the metrics' SVDs): its pool size changes summation order as well
+        from threadpoolctl import threadpool_limits
+
+        limits = threadpool_limits(limits=int(threads), user_api="blas")
+    except Exception:  # noqa: BLE001 - threadpoolctl missing or no BLAS found: torch's setting still holds
+        limits = None
     torch.set_num_threads(int(threads))
     try:
         yield
     finally:
+        if limits is not None:
+            limits.restore_original_limits()
         torch.set_num_threads(before)
 
 

@@ -1,0 +1,417 @@
+"""K models of one architecture as one stacked model, and their optimizer.
+
+Every parameter and buffer of the solo model gets a leading *member* dimension:
+``weight`` of shape ``(out, in)`` becomes ``(K, out, in)``. A training step runs all K
+members in one batched computation (``bmm``), so the per-call overhead that dominates a
+small model's step is paid once for K runs. Members never mix: each has its own
+parameters, BatchNorm statistics (computed over its own batch), optimizer state and
+hyperparameters (learning rate, momentum, weight decay as ``(K,)`` tensors).
+
+Two forward implementations share one state layout (the solo ``state_dict`` keys, each
+tensor stacked):
+
+* the paper's MLP (``Flatten``, ``Linear``, ``BatchNorm1d``, activations, then a
+  ``Linear`` classifier) is interpreted directly with ``baddbmm`` and a per-member
+  BatchNorm — the fast path;
+* any other :class:`~nclab.models.base.FeatureModel` runs through
+  ``torch.func.functional_call`` under ``torch.func.vmap`` (BatchNorm buffers are stacked
+  too, so their in-place updates stay per member).
+
+``member_state(k)`` returns member ``k``'s solo ``state_dict`` and ``load_member(k, sd)``
+writes one back, so checkpoints are the solo format: a member can be resumed alone, and
+a solo run can join a stack.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from nclab.models.mlp import MLP
+
+__all__ = ["StackedModel", "StackedOptimizer", "stacked_ce_ls_loss"]
+
+_ACTS = (nn.ReLU, nn.GELU, nn.Tanh, nn.LeakyReLU, nn.Identity)
+
+
+def _mlp_plan(model: nn.Module) -> list[tuple[str, str, nn.Module]] | None:
+    """The layer plan of an MLP the fast path can interpret, or None."""
+    if not isinstance(model, MLP) or not isinstance(model.body, nn.Sequential):
+        return None
+    plan: list[tuple[str, str, nn.Module]] = []
+    for i, m in enumerate(model.body):
+        name = f"body.{i}"
+        if isinstance(m, nn.Flatten):
+            plan.append(("flatten", name, m))
+        elif isinstance(m, nn.Linear):
+            plan.append(("linear", name, m))
+        elif isinstance(m, nn.BatchNorm1d) and m.affine and m.track_running_stats and m.momentum is not None:
+            plan.append(("bn", name, m))
+        elif isinstance(m, _ACTS):
+            plan.append(("act", name, m))
+        else:
+            return None
+    return plan
+
+
+class StackedModel:
+    """K members of one architecture, stacked (see the module docstring).
+
+    ``members``: solo models with identical structure (each initialised from its own
+    generator). Their current parameters and buffers are copied; the solo objects are
+    kept as ``templates`` for exporting a member.
+    """
+
+    def __init__(self, members: Sequence[nn.Module]):
+        if not members:
+            raise ValueError("a stack needs at least one member")
+        first = members[0]
+        keys = list(first.state_dict().keys())
+        for m in members[1:]:
+            if list(m.state_dict().keys()) != keys or any(
+                a.shape != b.shape for a, b in zip(first.state_dict().values(), m.state_dict().values())
+            ):
+                raise ValueError("stack members must share one architecture (same state_dict keys and shapes)")
+        self.keys = keys
+        self.param_names = [n for n, _ in first.named_parameters()]
+        self.buffer_names = [n for n, _ in first.named_buffers()]
+        self.params: dict[str, Tensor] = {
+            n: torch.stack([dict(m.named_parameters())[n].detach() for m in members]).clone().requires_grad_(True)
+            for n in self.param_names
+        }
+        self.buffers: dict[str, Tensor] = {
+            n: torch.stack([dict(m.named_buffers())[n].detach() for m in members]).clone() for n in self.buffer_names
+        }
+        self.plan = _mlp_plan(first)
+        # fast path: Linear weights kept as (K, in, out) so forward and backward are plain bmm
+        # (a transposed (K, out, in) view makes autograd copy every weight gradient)
+        self.transposed: set[str] = set()
+        if self.plan is not None:
+            self.transposed = {f"{name}.weight" for kind, name, _ in self.plan if kind == "linear"} | {"classifier.weight"}
+            for n in self.transposed:
+                self.params[n] = self.params[n].detach().transpose(1, 2).contiguous().requires_grad_(True)
+        self._wrapped = _FeaturesOf(copy.deepcopy(first))  # structure only (functional path)
+        self.training = True
+
+    @property
+    def size(self) -> int:
+        return next(iter(self.params.values())).shape[0]
+
+    def parameters(self) -> list[Tensor]:
+        return [self.params[n] for n in self.param_names]
+
+    def transposed_flags(self) -> list[bool]:
+        """Per parameter (in ``parameters()`` order): stored as the transpose of the solo tensor."""
+        return [n in self.transposed for n in self.param_names]
+
+    def train(self, mode: bool = True) -> "StackedModel":
+        self.training = mode
+        return self
+
+    def eval(self) -> "StackedModel":
+        return self.train(False)
+
+    # ------------------------------------------------------------------ forward
+    def forward_features(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``x``: ``(K, B, *input_shape)`` -> ``(logits (K, B, C), features (K, B, d))``."""
+        if x.shape[0] != self.size:
+            raise ValueError(f"input has {x.shape[0]} members; the stack has {self.size}")
+        if self.plan is not None:
+            return self._mlp_forward(x)
+        return self._functional_forward(x)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return self.forward_features(x)[0]
+
+    def _mlp_forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        p, b = self.params, self.buffers
+        h = x
+        for kind, name, m in self.plan:
+            if kind == "flatten":
+                h = h.reshape(h.shape[0], h.shape[1], -1)
+            elif kind == "linear":
+                h = _linear(h, p[f"{name}.weight"], p.get(f"{name}.bias"))
+            elif kind == "bn":
+                h = self._batch_norm(h, name, m)
+            else:
+                h = m(h)
+        return _linear(h, p["classifier.weight"], p.get("classifier.bias")), h
+
+    def _batch_norm(self, h: Tensor, name: str, m: nn.BatchNorm1d) -> Tensor:
+        # torch's BatchNorm1d per member: normalise with the batch's biased variance, update
+        # the running variance with the unbiased one (momentum m.momentum, eps m.eps).
+        weight, bias = self.params[f"{name}.weight"].unsqueeze(1), self.params[f"{name}.bias"].unsqueeze(1)
+        rm, rv = self.buffers[f"{name}.running_mean"], self.buffers[f"{name}.running_var"]
+        if self.training:
+            n = h.shape[1]
+            if n < 2:
+                raise ValueError("BatchNorm in train mode needs at least 2 samples per batch")
+            # explicit moments: var_mean over the middle dimension is several times slower here
+            mean = h.mean(dim=1, keepdim=True)
+            centred = h - mean
+            var = (centred * centred).mean(dim=1, keepdim=True)
+            with torch.no_grad():
+                mom = m.momentum
+                rm.mul_(1 - mom).add_(mean.squeeze(1), alpha=mom)
+                rv.mul_(1 - mom).add_(var.squeeze(1) * (n / (n - 1)), alpha=mom)
+                self.buffers[f"{name}.num_batches_tracked"].add_(1)
+            return torch.addcmul(bias, centred * torch.rsqrt(var + m.eps), weight)
+        return (h - rm.unsqueeze(1)) * torch.rsqrt(rv.unsqueeze(1) + m.eps) * weight + bias
+
+    def _functional_forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        from torch.func import functional_call, vmap
+
+        wrapped = self._wrapped
+        wrapped.train(self.training)
+
+        def one(params: dict, buffers: dict, xb: Tensor) -> tuple[Tensor, Tensor]:
+            return functional_call(wrapped, _prefixed(params, buffers), (xb,))
+
+        return vmap(one, in_dims=(0, 0, 0), randomness="different")(self.params, self.buffers, x)
+
+    # ------------------------------------------------------------------ members
+    def member_state(self, k: int) -> "OrderedDict[str, Tensor]":
+        """Member ``k``'s solo ``state_dict`` (copies)."""
+        out: OrderedDict[str, Tensor] = OrderedDict()
+        for key in self.keys:
+            src = self.params[key] if key in self.params else self.buffers[key]
+            t = src[k].detach()
+            out[key] = (t.t() if key in self.transposed else t).clone().contiguous()
+        return out
+
+    @torch.no_grad()
+    def load_member(self, k: int, state: dict[str, Tensor]) -> None:
+        """Write a solo ``state_dict`` into member ``k``."""
+        missing = [key for key in self.keys if key not in state]
+        if missing:
+            raise KeyError(f"state_dict lacks {', '.join(missing[:5])}")
+        for key in self.keys:
+            dst = self.params[key] if key in self.params else self.buffers[key]
+            dst[k].copy_(state[key].t() if key in self.transposed else state[key])
+
+    @torch.no_grad()
+    def select(self, keep: Sequence[int]) -> None:
+        """Keep only the members ``keep`` (in that order)."""
+        idx = torch.as_tensor(list(keep), dtype=torch.long, device=next(iter(self.params.values())).device)
+        self.params = {n: t.detach().index_select(0, idx).clone().requires_grad_(True) for n, t in self.params.items()}
+        self.buffers = {n: t.index_select(0, idx).clone() for n, t in self.buffers.items()}
+
+    @torch.no_grad()
+    def finite(self) -> Tensor:
+        """``(K,)`` bool: every parameter of the member is finite."""
+        ok = None
+        for t in self.params.values():
+            f = torch.isfinite(t.reshape(t.shape[0], -1)).all(dim=1)
+            ok = f if ok is None else ok & f
+        return ok
+
+
+class _FeaturesOf(nn.Module):
+    """Wraps a FeatureModel so ``functional_call`` returns ``(logits, features)``."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self.model.forward_features(x)
+
+
+def _linear(h: Tensor, w_t: Tensor, bias: Tensor | None) -> Tensor:
+    """``h @ w_t + b`` per member: ``h (K, B, in)``, ``w_t (K, in, out)``, ``b (K, out)``.
+    (``bmm`` then ``add`` is faster on CPU than ``baddbmm`` with a broadcast bias.)"""
+    out = torch.bmm(h, w_t)
+    return out if bias is None else out + bias.unsqueeze(1)
+
+
+def _prefixed(params: dict, buffers: dict) -> dict:
+    return {**{f"model.{k}": v for k, v in params.items()}, **{f"model.{k}": v for k, v in buffers.items()}}
+
+
+def _bview(v: Tensor, like: Tensor) -> Tensor:
+    """A ``(K,)`` tensor viewed to broadcast against ``like`` of shape ``(K, ...)``."""
+    return v.reshape((v.shape[0],) + (1,) * (like.ndim - 1)).to(like.dtype)
+
+
+class StackedOptimizer:
+    """SGD (momentum, Nesterov, coupled L2 weight decay) or Adam over stacked parameters,
+    with per-member hyperparameters. The update rule is torch.optim's, written with
+    ``(K,)`` hyperparameter tensors::
+
+        SGD:  g += wd p;  buf = g (first step) or momentum buf + g;
+              u = g + momentum buf (Nesterov) or buf;  p -= lr u
+        Adam: g += wd p;  m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;
+              p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+    """
+
+    def __init__(self, params: list[Tensor], *, name: str, lr: Tensor, momentum: Tensor, weight_decay: Tensor,
+                 nesterov: bool = False, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 transposed: Sequence[bool] | None = None):
+        if name not in ("sgd", "adam"):
+            raise ValueError(f"unknown optimizer {name!r}")
+        self.name, self.nesterov, self.betas, self.eps = name, bool(nesterov), betas, eps
+        self.params = params
+        # which parameters the stacked model stores transposed (their solo state is the transpose)
+        self.transposed = list(transposed) if transposed is not None else [False] * len(params)
+        self.lr, self.momentum, self.weight_decay = lr.double(), momentum.double(), weight_decay.double()
+        self.state: list[dict[str, Any]] = [{} for _ in params]
+        self._views: dict[tuple[str, int], Tensor] = {}
+        k = params[0].shape[0]
+        self.step_count = torch.zeros(k, dtype=torch.float64)  # Adam's t per member
+
+    def set_lr(self, lr: Tensor) -> None:
+        """Per-member learning rates for the next steps."""
+        self.lr = lr.double()
+        self._views = {key: v for key, v in self._views.items() if key[0] != "lr"}
+
+    def _v(self, what: str, i: int) -> Tensor:
+        # (K,) hyperparameter as a broadcastable view in the parameter's dtype, built once
+        key = (what, i)
+        v = self._views.get(key)
+        if v is None:
+            src = {"lr": -self.lr, "momentum": self.momentum, "wd": self.weight_decay}[what]
+            v = self._views[key] = _bview(src, self.params[i]).to(self.params[i].device)
+        return v
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        if self.name == "sgd":
+            self._sgd()
+        else:
+            self._adam()
+
+    def _uniform(self) -> bool:
+        return all(bool((t == t[0]).all()) for t in (self.lr, self.momentum, self.weight_decay))
+
+    def _sgd(self) -> None:
+        if self._uniform():
+            # one hyperparameter set for all members: torch's fused kernel (one pass over memory)
+            from torch.optim.sgd import sgd
+
+            live = [(i, p) for i, p in enumerate(self.params) if p.grad is not None]
+            mom = float(self.momentum[0])
+            bufs = [self.state[i].get("momentum_buffer") for i, _ in live]
+            sgd([p for _, p in live], [p.grad for _, p in live], bufs, weight_decay=float(self.weight_decay[0]),
+                momentum=mom, lr=float(self.lr[0]), dampening=0.0, nesterov=self.nesterov, maximize=False, fused=True)
+            if mom != 0:
+                for (i, _), b in zip(live, bufs):
+                    self.state[i]["momentum_buffer"] = b
+            return
+        use_wd = bool((self.weight_decay != 0).any())
+        use_mom = bool((self.momentum != 0).any())
+        for i, (p, st) in enumerate(zip(self.params, self.state)):
+            g = p.grad
+            if g is None:
+                continue
+            if use_wd:
+                g.addcmul_(p, self._v("wd", i))
+            if use_mom:
+                m = self._v("momentum", i)
+                buf = st.get("momentum_buffer")
+                if buf is None:
+                    buf = st["momentum_buffer"] = g.clone()
+                else:
+                    buf.mul_(m).add_(g)
+                if self.nesterov:
+                    g.addcmul_(buf, m)
+                    upd = g
+                else:
+                    upd = buf
+            else:
+                upd = g
+            p.addcmul_(upd, self._v("lr", i))
+
+    def _adam(self) -> None:
+        b1, b2 = self.betas
+        self.step_count += 1
+        bc1 = 1 - b1 ** self.step_count
+        bc2_sqrt = (1 - b2 ** self.step_count).sqrt()
+        use_wd = bool((self.weight_decay != 0).any())
+        for p, st in zip(self.params, self.state):
+            g = p.grad
+            if g is None:
+                continue
+            if use_wd:
+                g = g.addcmul(p, _bview(self.weight_decay, p))
+            if "exp_avg" not in st:
+                st["exp_avg"] = torch.zeros_like(p)
+                st["exp_avg_sq"] = torch.zeros_like(p)
+            m, v = st["exp_avg"], st["exp_avg_sq"]
+            m.lerp_(g, 1 - b1)
+            v.mul_(b2).addcmul_(g, g, value=1 - b2)
+            denom = (v.sqrt() / _bview(bc2_sqrt, p)).add_(self.eps)
+            p.sub_(m / denom * _bview(self.lr / bc1, p))
+
+    # ------------------------------------------------------------------ members
+    def member_state(self, k: int) -> dict[int, dict[str, Tensor]]:
+        """Member ``k``'s per-parameter state in torch.optim's layout (index -> state)."""
+        out: dict[int, dict[str, Tensor]] = {}
+        for i, st in enumerate(self.state):
+            tr = self.transposed[i]
+
+            def get(key: str) -> Tensor:
+                t = st[key][k].detach()
+                return (t.t() if tr else t).contiguous().clone()
+
+            if self.name == "sgd":
+                if "momentum_buffer" in st and float(self.momentum[k]) != 0:
+                    out[i] = {"momentum_buffer": get("momentum_buffer")}
+            elif "exp_avg" in st:
+                out[i] = {"step": torch.tensor(float(self.step_count[k])), "exp_avg": get("exp_avg"),
+                          "exp_avg_sq": get("exp_avg_sq")}
+        return out
+
+    @torch.no_grad()
+    def load_member(self, k: int, state: dict[int, dict[str, Tensor]]) -> None:
+        """Write torch.optim per-parameter state (index -> state) into member ``k``."""
+        for i, (p, st) in enumerate(zip(self.params, self.state)):
+            s = state.get(i) or state.get(str(i))  # type: ignore[call-overload]
+            if not s:
+                continue
+            tr = self.transposed[i]
+            if self.name == "sgd":
+                if s.get("momentum_buffer") is None:
+                    continue
+                if "momentum_buffer" not in st:
+                    st["momentum_buffer"] = torch.zeros_like(p)
+                st["momentum_buffer"][k].copy_(s["momentum_buffer"].t() if tr else s["momentum_buffer"])
+            else:
+                for key in ("exp_avg", "exp_avg_sq"):
+                    if key not in st:
+                        st[key] = torch.zeros_like(p)
+                    st[key][k].copy_(s[key].t() if tr else s[key])
+                self.step_count[k] = float(s["step"])
+
+    @torch.no_grad()
+    def select(self, keep: Sequence[int], params: list[Tensor]) -> None:
+        """Keep the members ``keep``; ``params`` are the stack's new parameter tensors."""
+        idx = torch.as_tensor(list(keep), dtype=torch.long)
+        self.params = params
+        for st in self.state:
+            for key in list(st):
+                st[key] = st[key].index_select(0, idx.to(st[key].device)).clone()
+        self.lr, self.momentum, self.weight_decay = (t.index_select(0, idx) for t in (self.lr, self.momentum, self.weight_decay))
+        self._views = {}
+        self.step_count = self.step_count.index_select(0, idx)
+
+
+def stacked_ce_ls_loss(logits: Tensor, labels: Tensor, alpha: Tensor) -> Tensor:
+    """Per-member mean label-smoothing loss (``alpha = 0`` is cross-entropy), shape ``(K,)``.
+
+    ``L_k = mean_i [(1 - a_k) (-log p_{i, y_i}) + a_k mean_c (-log p_{i, c})]``, which is
+    ``F.cross_entropy(z, y, label_smoothing=a_k)`` member by member.
+    """
+    logp = F.log_softmax(logits, dim=-1)
+    nll = -logp.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    smooth = -logp.mean(dim=-1)
+    a = alpha.to(logits.dtype).unsqueeze(1)
+    return ((1 - a) * nll + a * smooth).mean(dim=1)

@@ -1,0 +1,297 @@
+"""Stacked training: a member of a stack is the run trained alone (same thread count).
+
+The float64 tests cast the data to float64 (the trainer keeps the data's dtype) so that
+the comparison is about the algorithm, not float32 summation order.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from nclab.models import build_model
+from nclab.seeding import torch_generator
+from nclab.store.files import read_jsonl
+from nclab.train import TrainConfig, train
+from nclab.train import loop as train_loop
+from nclab.train import stacked as stacked_mod
+from nclab.train.stacked import group_stacks, stack_key, train_stack
+from nclab.train.stacked_model import StackedModel, StackedOptimizer, stacked_ce_ls_loss
+
+TIMING = {"elapsed_s", "epoch_time_s", "eval_time_s"}
+# Nearest-class-centre mismatch counts argmax disagreements: samples whose ReLU features are
+# (numerically) zero give exactly tied logits, and a 1e-17 difference in summation order
+# flips them. Every continuous quantity is compared; these discrete rates are not.
+DISCRETE = ("ncc_mismatch",)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def float64(monkeypatch):
+    """Default dtype float64 and float64 inputs for both trainers."""
+    real = train_loop.prepare_data
+
+    def prep(*args, **kwargs):
+        d = real(*args, **kwargs)
+        d.x_train, d.x_test = d.x_train.double(), d.x_test.double()
+        if d.x_val is not None:
+            d.x_val = d.x_val.double()
+        return d
+
+    monkeypatch.setattr(train_loop, "prepare_data", prep)
+    monkeypatch.setattr(stacked_mod, "prepare_data", prep)
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(before)
+
+
+def cfg(**over) -> TrainConfig:
+    base = {
+        "epochs": 4, "batch_size": 32, "eval_every": 2, "checkpoint_every": 1,
+        "dataset": {"name": "digits", "classes": 2},
+        "noise": {"kind": "symmetric_all", "rate": 0.2},
+        "model": {"name": "mlp", "depth": 2, "width": 24},
+        "optim": {"lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4},
+        "schedule": {"name": "cosine"},
+    }
+    for k, v in over.items():
+        if isinstance(v, dict):
+            base[k] = {**base.get(k, {}), **v}
+        else:
+            base[k] = v
+    return TrainConfig.from_dict(base)
+
+
+def _close(va, vb, tol: float) -> bool:
+    if isinstance(va, list) and isinstance(vb, list):
+        return len(va) == len(vb) and all(_close(x, y, tol) for x, y in zip(va, vb))
+    if isinstance(va, float) and isinstance(vb, float):
+        return va == pytest.approx(vb, rel=tol, abs=tol, nan_ok=True)
+    return va == vb
+
+
+def assert_records_close(a: list[dict], b: list[dict], *, tol: float) -> None:
+    assert [r["epoch"] for r in a] == [r["epoch"] for r in b]
+    for ra, rb in zip(a, b):
+        assert set(ra) == set(rb)
+        for k in ra:
+            if k in TIMING or (tol > 0 and any(d in k for d in DISCRETE)):
+                continue
+            assert _close(ra[k], rb[k], tol), (k, ra[k], rb[k])
+
+
+# ---------------------------------------------------------------- the stacked model itself
+@pytest.mark.parametrize("name,shape,kw", [("mlp", (12,), {"depth": 3, "width": 16}), ("cnn", (1, 8, 8), {"width": 4})])
+@pytest.mark.parametrize("opt", ["sgd", "nesterov", "adam"])
+def test_stacked_model_and_optimizer_equal_solo(name, shape, kw, opt):
+    torch.set_default_dtype(torch.float64)
+    try:
+        k = 3
+        members = [build_model(name, input_shape=shape, num_classes=3, generator=torch_generator(s, "init"), **kw)
+                   for s in range(k)]
+        solo = [copy.deepcopy(m) for m in members]
+        st = StackedModel(members)
+        assert (st.plan is not None) == (name == "mlp")  # the MLP takes the explicit bmm path
+        lrs = [0.1, 0.03, 0.2]  # per-member learning rates
+        if opt == "adam":
+            so = StackedOptimizer(st.parameters(), name="adam", lr=torch.tensor(lrs) / 10,
+                                  momentum=torch.zeros(k), weight_decay=torch.full((k,), 1e-3),
+                                  transposed=st.transposed_flags())
+            solo_opt = [torch.optim.Adam(m.parameters(), lr=lr / 10, weight_decay=1e-3) for m, lr in zip(solo, lrs)]
+        else:
+            nest = opt == "nesterov"
+            so = StackedOptimizer(st.parameters(), name="sgd", lr=torch.tensor(lrs), momentum=torch.full((k,), 0.9),
+                                  weight_decay=torch.full((k,), 5e-4), nesterov=nest, transposed=st.transposed_flags())
+            solo_opt = [torch.optim.SGD(m.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4, nesterov=nest)
+                        for m, lr in zip(solo, lrs)]
+        alpha = torch.tensor([0.0, 0.1, 0.3])
+        g = torch.Generator().manual_seed(0)
+        for _ in range(6):
+            x = torch.randn(k, 10, *shape, generator=g)
+            y = torch.randint(0, 3, (k, 10), generator=g)
+            loss = stacked_ce_ls_loss(st(x), y, alpha).sum()
+            so.zero_grad()
+            loss.backward()
+            so.step()
+            for i in range(k):
+                li = F.cross_entropy(solo[i](x[i]), y[i], label_smoothing=float(alpha[i]))
+                solo_opt[i].zero_grad()
+                li.backward()
+                solo_opt[i].step()
+        for i in range(k):
+            ref = solo[i].state_dict()
+            got = st.member_state(i)
+            assert list(got) == list(ref)
+            for key in ref:
+                assert torch.allclose(got[key].double(), ref[key].double(), rtol=1e-10, atol=1e-12), key
+            # the optimizer state exports in torch.optim's layout and loads into a solo optimizer
+            sd = solo_opt[i].state_dict()
+            mine = so.member_state(i)
+            for idx, st_ref in sd["state"].items():
+                for name_, t in st_ref.items():
+                    assert torch.allclose(torch.as_tensor(mine[idx][name_]).double(), torch.as_tensor(t).double(),
+                                          rtol=1e-9, atol=1e-12)
+        st.eval()
+        [m.eval() for m in solo]
+        x = torch.randn(k, 7, *shape, generator=g)
+        with torch.no_grad():
+            out = st(x)
+            for i in range(k):
+                assert torch.allclose(out[i], solo[i](x[i]), rtol=1e-10, atol=1e-12)
+    finally:
+        torch.set_default_dtype(torch.float32)
+
+
+def test_stacked_model_select_and_load_member():
+    members = [build_model("mlp", input_shape=(5,), num_classes=2, generator=torch_generator(s, "init"), depth=2, width=4)
+               for s in range(4)]
+    st = StackedModel(members)
+    st.select([3, 1])
+    assert st.size == 2
+    for key, t in members[3].state_dict().items():
+        assert torch.equal(st.member_state(0)[key], t)
+    st.load_member(1, members[0].state_dict())
+    for key, t in members[0].state_dict().items():
+        assert torch.equal(st.member_state(1)[key], t)
+    with pytest.raises(ValueError, match="architecture"):
+        StackedModel([members[0], build_model("mlp", input_shape=(5,), num_classes=2,
+                                              generator=torch_generator(0, "init"), depth=2, width=5)])
+
+
+# ---------------------------------------------------------------- stack vs solo runs
+def test_stack_members_equal_solo_runs_float64(tmp_path, float64):
+    configs = [cfg(seed=s, loss={"name": loss}, optim={"lr": lr})
+               for s, loss, lr in [(0, "ce", 0.05), (0, "ls", 0.05), (1, "ce", 0.02), (2, "ls", 0.08)]]
+    stacked = train_stack(configs, run_dirs=[tmp_path / f"s{i}" for i in range(4)])
+    for i, (c, r) in enumerate(zip(configs, stacked)):
+        solo = train(c, run_dir=tmp_path / f"o{i}", progress=False)
+        assert r.status == solo.status == "completed"
+        assert_records_close(r.history, solo.history, tol=1e-6)
+        # everything a solo run writes, a member writes
+        names = lambda d: sorted(p.relative_to(d).as_posix() for p in d.rglob("*") if p.name != ".nclab.lock")
+        assert names(tmp_path / f"s{i}") == names(tmp_path / f"o{i}")
+        fs, fo = np.load(tmp_path / f"s{i}" / "features.npz"), np.load(tmp_path / f"o{i}" / "features.npz")
+        assert np.allclose(fs["features"], fo["features"], rtol=1e-6, atol=1e-8)
+        env = json.loads((tmp_path / f"s{i}" / "env.json").read_text())
+        assert env["stack"]["size"] == 4 and env["threads"]["torch_threads"] == 1
+
+
+def test_stack_of_one_equals_solo(tmp_path, float64):
+    c = cfg(seed=3, record_dynamics=True)
+    (r,) = train_stack([c], run_dirs=[tmp_path / "s"])
+    solo = train(c, run_dir=tmp_path / "o", progress=False)
+    assert_records_close(r.history, solo.history, tol=1e-9)
+    from nclab.train.dynamics import load_dynamics
+
+    ds, do = load_dynamics(tmp_path / "s"), load_dynamics(tmp_path / "o")
+    assert np.allclose(np.asarray(ds.margins), np.asarray(do.margins), atol=1e-9)
+
+
+def test_member_checkpoint_resumes_solo(tmp_path, float64):
+    """A stack stopped by max_epochs leaves solo-format checkpoints: solo resume == solo run."""
+    c = cfg(seed=5, epochs=5)
+    (r,) = train_stack([c], run_dirs=[tmp_path / "s"], max_epochs=2)
+    assert r.status == "stopped" and r.epoch == 2
+    resumed = train(c, run_dir=tmp_path / "s", resume=True, progress=False)
+    solo = train(c, run_dir=tmp_path / "o", progress=False)
+    assert_records_close(resumed.history, solo.history, tol=1e-9)
+
+
+def test_diverging_member_stops_alone(tmp_path):
+    configs = [cfg(seed=0), cfg(seed=1, optim={"lr": 1e12, "momentum": 0.0}), cfg(seed=2)]
+    res = train_stack(configs, run_dirs=[tmp_path / f"r{i}" for i in range(3)])
+    assert [r.status for r in res] == ["completed", "diverged", "completed"]
+    assert res[1].diverged_epoch == 1 and "diverged in epoch 1" in res[1].message
+    st = json.loads((tmp_path / "r1" / "status.json").read_text())
+    assert st["status"] == "diverged" and st["diverged_epoch"] == 1
+    assert (tmp_path / "r0" / "features.npz").exists() and not (tmp_path / "r1" / "features.npz").exists()
+    # the healthy members are unaffected by the diverged one
+    alone = train_stack([configs[0]], run_dirs=[tmp_path / "alone"])
+    assert_records_close(res[0].history, alone[0].history, tol=1e-5)
+
+
+def test_members_stop_at_their_own_terminal_epoch(tmp_path):
+    stop = {"train_acc": 0.97, "patience": 2}
+    configs = [cfg(seed=s, epochs=40, eval_every=100, model={"width": 64}, noise={"rate": 0.0}, stop=stop,
+                   optim={"lr": lr}) for s, lr in [(0, 0.05), (1, 0.005)]]
+    res = train_stack(configs, run_dirs=[tmp_path / "a", tmp_path / "b"])
+    solo = [train(c, run_dir=tmp_path / f"o{i}", progress=False) for i, c in enumerate(configs)]
+    for r, o in zip(res, solo):
+        assert r.final["stop_reason"] == o.final["stop_reason"]
+        assert r.final["terminal_epoch"] == o.final["terminal_epoch"]
+        assert r.epoch == o.epoch
+    assert res[0].epoch != res[1].epoch  # one left the stack before the other
+
+
+def test_incompatible_runs_refused_and_grouping():
+    a, b = cfg(seed=0), cfg(seed=1, model={"width": 8})
+    assert stack_key(a) == stack_key(cfg(seed=9, loss={"name": "ls"}, optim={"lr": 0.3}))
+    assert stack_key(a) != stack_key(b) and stack_key(a) != stack_key(cfg(threads=2))
+    with pytest.raises(Exception, match="cannot share a stack"):
+        train_stack([a, b], run_dirs=["/nonexistent/a", "/nonexistent/b"])
+    groups = group_stacks([a, b, a, a, b], size=2)
+    assert [len(g) for g in groups] == [2, 1, 2]
+
+
+# ---------------------------------------------------------------- kill -9 and resume
+_CHILD = textwrap.dedent("""
+    import sys, torch
+    torch.set_num_threads(1)
+    sys.path.insert(0, {tests!r})
+    from test_stacked import cfg
+    from nclab.train.stacked import train_stack
+    configs = [cfg(seed=s, epochs=8, eval_every=2, model={{"width": 48}}) for s in range(3)]
+    train_stack(configs, run_dirs=[{root!r} + f"/m{{i}}" for i in range(3)])
+""")
+
+
+def test_killed_stack_resumes_to_uninterrupted_result(tmp_path):
+    root = tmp_path / "killed"
+    code = _CHILD.format(tests=str(Path(__file__).parent), root=str(root))
+    proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "OMP_NUM_THREADS": "1"})
+    ckpt = root / "m2" / "checkpoints" / "last.pt"
+    t0 = time.time()
+    while time.time() - t0 < 60 and proc.poll() is None:
+        if ckpt.exists() and len(read_jsonl(root / "m0" / "metrics.jsonl")) >= 1:
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "the child finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert json.loads((root / "m0" / "status.json").read_text())["status"] == "running"
+    configs = [cfg(seed=s, epochs=8, eval_every=2, model={"width": 48}) for s in range(3)]
+    resumed = train_stack(configs, run_dirs=[root / f"m{i}" for i in range(3)], resume=True)
+    clean = train_stack(configs, run_dirs=[tmp_path / f"c{i}" for i in range(3)])
+    for r, c in zip(resumed, clean):
+        assert r.status == c.status == "completed"
+        assert_records_close(r.history, c.history, tol=0.0)
+
+
+# ---------------------------------------------------------------- threads
+def test_threads_set_per_run_and_recorded(tmp_path):
+    torch.set_num_threads(2)
+    r = train(cfg(epochs=1, threads=1), run_dir=tmp_path / "r", progress=False)
+    assert torch.get_num_threads() == 2  # restored after the run
+    env = json.loads((r.run_dir / "env.json").read_text())
+    assert env["threads"]["torch_threads"] == 1 and env["sessions"][-1]["torch_threads"] == 1
+    assert env["threads"]["torch_version"] == torch.__version__
