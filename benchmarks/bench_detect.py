@@ -7,14 +7,16 @@ pairflip} × rates {0.1, 0.2, 0.4}, exact counts, seed 0. Model: the trainer's M
 batch 64, 20 epochs, CPU.
 
 - nclab: ONE training run (eval-mode logit margins recorded after each epoch), then
-  features (centroid ratio), knn, dynamics (AUM), fit_epoch, combined.
+  features (centroid ratio), knn, dynamics (AUM), fit_epoch, combined; flagged sets
+  of ``nclab.detect.find_label_issues``: AUM < 0 (dynamics), nearest other centroid
+  (features), and its confident learning on cleanlab's out-of-fold probabilities.
 - cleanlab: ``get_label_quality_scores`` (self-confidence) for the ranking and
   ``find_label_issues`` for the flagged set, on 5-fold out-of-fold probabilities
   from (a) the same MLP trained 5 times, (b) a logistic regression on the pixels.
 
 Columns: AUROC, precision at the true noise count (P@k), average precision, the
 training/fitting time the method needs (fit_s; shared by all nclab scores) and
-the scoring time. Usage: python benchmarks/bench_detect.py [--quick] [--json FILE]
+the scoring time. All at 1 torch thread. Usage: python benchmarks/bench_detect.py [--quick] [--json FILE]
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="one rate (0.2), 8 epochs, 3 folds")
     ap.add_argument("--json", type=Path, default=None, help="also write all rows as JSON")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # every method at 1 thread, so fit times compare
     rates = (0.2,) if args.quick else (0.1, 0.2, 0.4)
     epochs, folds = (8, 3) if args.quick else (20, 5)
     datasets = [("digits", None, None)]
@@ -82,7 +84,7 @@ def main() -> None:
     for out in results:
         s = out["setting"]
         cells = {r["method"]: f"{r['auroc']:.3f}/{r['precision_at_k']:.3f}" for r in out["rows"]}
-        print(f"{s.dataset:14s} {s.kind:9s} {s.rate:.1f}  " + "  ".join(f"{m.split(':')[1]}={v}" for m, v in cells.items()))
+        print(f"{s.dataset:14s} {s.kind:9s} {s.rate:.1f}  " + "  ".join(f"{m}={v}" for m, v in cells.items()))
     if args.json:
         args.json.write_text(to_json([{**o, "setting": o["setting"].__dict__} for o in results], indent=1))
 

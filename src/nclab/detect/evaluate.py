@@ -13,7 +13,9 @@ is the trainer's, stream ``"noise"``):
   the *same* model, optimizer and number of epochs (each fold model is
   trained on the other K−1 folds' noisy labels, predicts the held-out fold), and
   ranks by ``cleanlab.rank.get_label_quality_scores`` (self-confidence);
-  ``cleanlab.filter.find_label_issues`` gives its flagged set. Optionally also
+  ``cleanlab.filter.find_label_issues`` gives its flagged set; nclab's own
+  confident learning (:func:`nclab.detect.find_label_issues`) runs on the same
+  probabilities as a check of the re-implementation. Optionally also
   on out-of-fold probabilities of a scikit-learn logistic regression on the
   flattened inputs (``logreg``), the usual cheap baseline.
 
@@ -33,6 +35,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from nclab.detect.issues import find_label_issues, get_label_quality_scores
 from nclab.detect.run import score_arrays
 from nclab.detect.scores import detection_quality
 
@@ -173,6 +176,15 @@ def oof_probabilities(config, data, *, folds: int = 5, model: str = "same") -> n
     return probs
 
 
+_FLAG_RULES = {"dynamics": "aum", "features": "nearest_centroid"}
+
+
+def _flag_stats(flagged: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
+    n = int(flagged.sum())
+    return {"flagged": n, "flagged_precision": float(truth[flagged].mean()) if n else None,
+            "flagged_recall": float(flagged[truth].mean()) if truth.any() else None}
+
+
 def _cleanlab_rows(probs, y, truth, *, label: str, fit_s: float) -> list[dict[str, Any]]:
     from cleanlab.filter import find_label_issues
     from cleanlab.rank import get_label_quality_scores
@@ -219,15 +231,25 @@ def evaluate_setting(
         t1 = time.perf_counter()
         s, _ = score_arrays(labels=data.y_train, features=feats, margins=margins, score=name,
                             num_classes=data.num_classes, k=k)
-        rows.append({"method": f"nclab:{name}", **detection_quality(s, truth), "fit_s": fit_s,
-                     "score_s": time.perf_counter() - t1})
+        row = {"method": f"nclab:{name}", **detection_quality(s, truth), "fit_s": fit_s,
+               "score_s": time.perf_counter() - t1}
+        if name in _FLAG_RULES:  # the flagged set of find_label_issues for this kind of evidence
+            ev = {"margins": margins} if name == "dynamics" else {"features": feats.cpu().numpy()}
+            row.update(_flag_stats(find_label_issues(y, filter_by=_FLAG_RULES[name], num_classes=data.num_classes,
+                                                     **ev), truth))
+        rows.append(row)
     out: dict[str, Any] = {"setting": setting, "realized_noise_rate": float(truth.mean()), "n": len(y),
                            "clean_test_acc": test_acc}
     if cleanlab and cleanlab_available():
         t1 = time.perf_counter()
         probs = oof_probabilities(config, data, folds=folds, model="same")
-        rows += _cleanlab_rows(probs, y, truth, label=f"cleanlab:oof-{folds}fold-same-model",
-                               fit_s=time.perf_counter() - t1)
+        fit_oof = time.perf_counter() - t1
+        rows += _cleanlab_rows(probs, y, truth, label=f"cleanlab:oof-{folds}fold-same-model", fit_s=fit_oof)
+        t2 = time.perf_counter()
+        q = get_label_quality_scores(y, pred_probs=probs)
+        rows.append({"method": f"nclab-cl:oof-{folds}fold-same-model", **detection_quality(1.0 - q, truth),
+                     "fit_s": fit_oof, "score_s": time.perf_counter() - t2,
+                     **_flag_stats(find_label_issues(y, pred_probs=probs), truth)})
         if logreg:
             t1 = time.perf_counter()
             probs = oof_probabilities(config, data, folds=folds, model="logreg")
