@@ -47,17 +47,30 @@ def register(app: typer.Typer) -> None:
             score = "dynamics" if DynamicsRecorder(run_dir).epochs() else "features"
         elif score not in SCORES:
             fail(f"unknown --score {score!r}; valid: auto, {', '.join(SCORES)}")
-        try:
-            sus = score_run(run_dir, score=score, k=k, device=device)
-        except (ConfigError, CheckpointError, FileNotFoundError, ValueError, RuntimeError) as exc:
-            fail(str(exc))
-        target = out if out is not None else run_dir / f"suspicion-{score}.csv"
-        try:
-            path = sus.to_csv(target)
-        except OSError as exc:  # unwritable folder, read-only run dir, disk full
-            from nclab.cli._common import EXIT_IO, os_error_message
+        from nclab.cli._common import EXIT_IO, EXIT_LOCKED, os_error_message
+        from nclab.train.rundir import RunDirError, RunLock, RunLockError
 
-            fail(f"cannot write {target}: {os_error_message(exc)}", EXIT_IO)
+        lock = None
+        if out is None:  # the CSV goes into the run directory: not while a trainer writes there
+            try:
+                lock = RunLock(run_dir, what="detect").acquire()
+            except RunLockError as exc:
+                fail(str(exc), EXIT_LOCKED)
+            except RunDirError as exc:
+                fail(f"{exc}; write the CSV elsewhere with --out", EXIT_IO)
+        try:
+            try:
+                sus = score_run(run_dir, score=score, k=k, device=device)
+            except (ConfigError, CheckpointError, FileNotFoundError, ValueError, RuntimeError) as exc:
+                fail(str(exc))
+            target = out if out is not None else run_dir / f"suspicion-{score}.csv"
+            try:
+                path = sus.to_csv(target)
+            except OSError as exc:  # unwritable folder, read-only run dir, disk full
+                fail(f"cannot write {target}: {os_error_message(exc)}", EXIT_IO)
+        finally:
+            if lock is not None:
+                lock.release()
         console.print(f"[bold]{run_dir.name}[/]: {len(sus.score)} training samples scored by [cyan]{score}[/] "
                       f"({SCORES[score]})", highlight=False)
         q = sus.quality()
