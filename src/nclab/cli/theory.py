@@ -229,7 +229,8 @@ def register(app: typer.Typer) -> None:
             sl = [x for x in dm_slopes(rows) if x["expressivity"] == lam]
             if sl:
                 console.print(f"λ={lam:g} D-on-M slope across η (raw / normalized): "
-                              + ", ".join(f"{x['loss_label']} {x['slope']:.3g} / {x['slope_normalized']:.3g}" for x in sl))
+                              + ", ".join(f"{x['loss_label']} {x['slope']:.3g} / {x['slope_normalized']:.3g}"
+                                          for x in sl))
         console.print(f"rows: {out / 'rows.json'}")
         for f in figs:
             console.print(f"figure: {f}")

@@ -118,7 +118,8 @@ def _cells(points, loss, rng, n_boot):
         cell = {"eta": float(np.mean([p["eta"] for p in ps])), "n": len(ps)}
         for q, _ in QUANTITIES:
             vals = [p[q] for p in ps if p[q] is not None]
-            cell[q] = (float(np.mean(vals)), bootstrap_mean_ci(vals, rng=rng, n_boot=n_boot), len(vals)) if vals else None
+            ci = bootstrap_mean_ci(vals, rng=rng, n_boot=n_boot) if vals else None
+            cell[q] = (float(np.mean(vals)), ci, len(vals)) if vals else None
         out[rate] = cell
     return out
 

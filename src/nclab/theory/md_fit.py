@@ -190,7 +190,8 @@ def fit_md(
                  etas=etas, n_runs=len(ce_rows), model=model, ce_fitted=fitted)
 
 
-def predict_md(fit: MDFit, etas: Sequence[float], *, loss: str = "ls", alpha: float | None = 0.1) -> list[dict[str, float]]:
+def predict_md(fit: MDFit, etas: Sequence[float], *, loss: str = "ls",
+               alpha: float | None = 0.1) -> list[dict[str, float]]:
     """Predicted ``{eta, memorization, dilation, test_error, proxy}`` of ``loss`` at each eta,
     in the runs' units (model output x ``scale``; error = a + b proxy, clipped to [0, 1])."""
     if loss == "ce":
