@@ -87,6 +87,7 @@ class DynamicsRecorder:
 
     def __init__(self, run_dir: str | Path):
         self.dir = Path(run_dir) / DYNAMICS_DIR
+        self.last: np.ndarray | None = None  # margins of the latest record (m > 0 <=> the given label wins)
 
     def path(self, epoch: int) -> Path:
         return self.dir / f"epoch_{int(epoch):04d}.npy"
@@ -116,6 +117,7 @@ class DynamicsRecorder:
         np.save(buf, m, allow_pickle=False)
         self.dir.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(self.path(epoch), buf.getvalue())
+        self.last = m
         return self.path(epoch)
 
     @torch.no_grad()

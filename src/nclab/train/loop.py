@@ -500,18 +500,20 @@ def _train(config: TrainConfig, *, run_dir: Path, resume: bool, overwrite: bool,
                 message = _diverged_message(epoch, lr, "the loss or the parameters", ckpt_path)
                 break
             record = None
-            dyn_time = 0.0
+            dyn_time, dyn_acc = 0.0, None
             if recorder is not None:
                 # margins every epoch, independent of eval_every: one eval-mode forward over the training set
                 t1 = time.perf_counter()
                 recorder.record_model(epoch, model, data.x_train, data.y_train, batch_size=config.eval_batch_size)
+                dyn_acc = float((recorder.last > 0).mean())  # = eval-mode accuracy on the noisy labels
                 dyn_time = time.perf_counter() - t1
             full_eval = epoch % config.eval_every == 0 or epoch == config.epochs
             fired = False
             if stopper.active and not full_eval:
                 # cheap eval-mode pass; the full suite runs only when the rule fires
-                fired = stopper.update(epoch, train_accuracy(model, data.x_train, data.y_train,
-                                                             batch_size=config.eval_batch_size))
+                acc = dyn_acc if dyn_acc is not None else train_accuracy(model, data.x_train, data.y_train,
+                                                                         batch_size=config.eval_batch_size)
+                fired = stopper.update(epoch, acc)  # the margins' pass serves the stop rule too
                 full_eval = fired
             if full_eval:
                 t1 = time.perf_counter()
