@@ -331,3 +331,13 @@ def test_format1_checkpoint_still_loads(tmp_path):
     assert load_checkpoint(p, config_hash="h")["epoch"] == 2
     save_checkpoint(p, {"epoch": 3}, config_hash="h")
     assert not (tmp_path / "last.pt.json").exists() and load_checkpoint(p)["epoch"] == 3
+
+
+def test_detect_into_a_run_dir_being_trained_is_refused(run):
+    from nclab.train.rundir import RunLock
+
+    with RunLock(run):
+        res = runner.invoke(app, ["detect", str(run), "--top", "0"])
+    clear_error(res, 5, f"pid {os.getpid()}")
+    res = runner.invoke(app, ["detect", str(run), "--top", "0"])  # the lock is free again
+    assert res.exit_code == 0, res.output
