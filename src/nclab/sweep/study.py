@@ -29,7 +29,9 @@ Scales
 ``small`` (CPU): datasets at native resolution flattened (digits 8x8; Fashion-MNIST 28x28 at
     500 training images per class); MLP depth 3, width 256 (512 for digits: at 256 some CE
     runs never fit their last noisy label), batch norm, features of dimension d = N; SGD lr 0.05, momentum 0.9, weight decay 5e-4, batch 32, cosine schedule
-    over a cap of 200 epochs, stop at train accuracy 0.999 held 5 epochs; LS alpha 0.1; no
+    over a cap of 200 epochs, stop at train accuracy 0.999 held 10 epochs (100 epochs for the
+    noise-free runs, which fit their labels within a few epochs: H3 concerns the geometry they
+    reach in the terminal phase); LS alpha 0.1; no
     search; 10 seeds. Cells: binary digits (0 vs 1) and binary Fashion-MNIST (T-shirt vs
     Trouser) at noise {0, 0.1, 0.2, 0.3, 0.4}, and 10-class Fashion-MNIST (200 images per
     class, d = 10) at noise {0.2, 0.4}: 240 runs.
@@ -55,7 +57,8 @@ from nclab.sweep.runner import SweepEvent, SweepSummary, run_sweep
 from nclab.sweep.spec import SweepSpec, expand
 
 __all__ = ["STUDIES", "StudyPlan", "plan_study", "run_study", "available_datasets", "NOISE_RATES",
-           "SMALL_DATASETS", "PAPER_DATASETS", "MULTICLASS_RATES", "TERMINAL_ACC", "require_datasets"]
+           "SMALL_DATASETS", "PAPER_DATASETS", "MULTICLASS_RATES", "TERMINAL_ACC", "NOISY_PATIENCE", "CLEAN_PATIENCE",
+           "require_datasets"]
 
 STUDIES: tuple[str, ...] = ("memorization-dilation",)
 NOISE_RATES: list[float] = [0.0, 0.1, 0.2, 0.3, 0.4]
@@ -64,6 +67,8 @@ CANDIDATES: tuple[str, ...] = ("digits", "fashion-mnist", "mnist", "cifar10", "s
 SMALL_DATASETS: tuple[str, ...] = ("digits", "fashion-mnist")
 PAPER_DATASETS: tuple[str, ...] = ("mnist", "fashion-mnist", "cifar10", "svhn")
 TERMINAL_ACC = 0.999
+NOISY_PATIENCE = 10
+CLEAN_PATIENCE = 100
 NOISE_KIND = "symmetric_all"
 
 
@@ -150,7 +155,7 @@ def _base(scale: str, dataset: str, *, data_dir: str | None, device: str | None,
                       "batch_norm": True},
             "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4},
             "schedule": {"name": "cosine"},
-            "stop": {"train_acc": TERMINAL_ACC, "patience": 2 if tiny else 5},
+            "stop": {"train_acc": TERMINAL_ACC, "patience": 2 if tiny else NOISY_PATIENCE},
         }
     if scale == "paper":
         return {
@@ -205,8 +210,20 @@ def plan_study(
     specs = []
     for ds in chosen:
         base = _base(scale, ds, data_dir=dd, device=device, tiny=tiny)
-        specs.append(SweepSpec(name=f"md-{scale}-{ds}", base=base, seeds=seed_list,
-                               grid={"loss.name": ["ce", "ls"], "noise.rate": rates}))
+        clean, noisy = [r for r in rates if r == 0], [r for r in rates if r > 0]
+        if scale == "small" and not tiny and clean:
+            # noise-free networks fit their labels within a few epochs; H3 is about the geometry
+            # they reach *in* the terminal phase, so they must hold it for CLEAN_PATIENCE epochs
+            cb = copy.deepcopy(base)
+            cb["stop"]["patience"] = CLEAN_PATIENCE
+            specs.append(SweepSpec(name=f"md-{scale}-{ds}", base=cb, seeds=seed_list,
+                                   grid={"loss.name": ["ce", "ls"], "noise.rate": clean}))
+            rates_here = noisy
+        else:
+            rates_here = rates
+        if rates_here:
+            specs.append(SweepSpec(name=f"md-{scale}-{ds}", base=base, seeds=seed_list,
+                                   grid={"loss.name": ["ce", "ls"], "noise.rate": rates_here}))
     if multiclass is None:
         multiclass = scale == "small" and not tiny and "fashion-mnist" in chosen
     if multiclass:
@@ -219,7 +236,8 @@ def plan_study(
              "pairing: CE and LS of one (dataset, rate, seed) share noisy labels, initial weights and batch order"]
     if scale == "small":
         notes.append("small: native-resolution MLP depth 3 width 256 (digits 512; d = N), SGD lr 0.05, wd 5e-4, batch 32, cosine "
-                     f"over a cap of 200 epochs, stop at noisy-label train accuracy >= {TERMINAL_ACC} held 5 epochs, "
+                     f"over a cap of 200 epochs, stop at noisy-label train accuracy >= {TERMINAL_ACC} held {NOISY_PATIENCE} epochs "
+                     f"({CLEAN_PATIENCE} at noise 0), "
                      "LS alpha 0.1, no search"
                      if not tiny else "tiny smoke scale: MLP depth 2 width 64, cosine, cap 30 epochs")
         if multiclass:
