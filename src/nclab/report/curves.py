@@ -34,7 +34,7 @@ CURVE_FIGURES: dict[str, tuple[str, str, bool, list[tuple[str, str, str]]]] = {
         ("train.nc1", "train", _SOLID),
         ("test.nc1", "test", _DASHED),
     ]),
-    "memorization_dilation": ("Memorization and dilation", "value", False, [
+    "memorization_dilation": ("Memorization and dilation", "feature-space distance", False, [
         ("train.memorization", "memorization, train", _SOLID),
         ("train.dilation", "dilation, train", _SOLID),
         ("test.dilation", "dilation, test", _DASHED),
@@ -54,6 +54,8 @@ def _points(history: list[dict[str, Any]], key: str, *, log: bool) -> tuple[list
 
 def plot_history(history: list[dict[str, Any]], out_dir: str | Path, *, title: str = "") -> list[Path]:
     """Write the figures of :data:`CURVE_FIGURES` that have data; returns the paths written."""
+    from matplotlib.ticker import MaxNLocator
+
     from nclab.report.style import OKABE_ITO, apply_style, plt, save
 
     apply_style()
@@ -72,6 +74,7 @@ def plot_history(history: list[dict[str, Any]], out_dir: str | Path, *, title: s
         if logy:
             ax.set_yscale("log")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(ylabel)
         ax.set_title(f"{title}: {name}" if title else name)
         ax.legend(loc="best")
