@@ -20,6 +20,8 @@ MIN_ROWS = 256
 MAX_ROWS = 8192
 CACHE_FACTOR = 2.0  # chunks somewhat above L2 still stream well from L3 and halve the call overhead
 DEFAULT_L2 = 1 << 20
+GROUP_CHUNKS = 16
+MAX_GROUP_ROWS = 8192
 
 
 def _parse_size(text: str) -> int | None:
@@ -54,6 +56,13 @@ def l2_cache_bytes() -> int:
     except OSError:
         pass
     return DEFAULT_L2
+
+
+def group_rows(chunk_rows: int) -> int:
+    """Rows per *group*: the per-row bookkeeping on b×C arrays (argmin, softmax, bincount, …)
+    runs once per group, the b×d work once per chunk inside it; ``GROUP_CHUNKS`` chunks per
+    group, at most ``MAX_GROUP_ROWS`` rows (b×C tables of a few MiB at most)."""
+    return max(chunk_rows, min(MAX_GROUP_ROWS, GROUP_CHUNKS * chunk_rows))
 
 
 def auto_chunk_rows(dim: int, *, cache_bytes: int | None = None) -> int:

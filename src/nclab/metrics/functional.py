@@ -7,7 +7,7 @@ from typing import Any, Callable, Iterable, Literal, Mapping
 import torch
 
 from nclab.metrics.accumulator import NCAccumulator
-from nclab.metrics.chunking import auto_chunk_rows
+from nclab.metrics.chunking import auto_chunk_rows, group_rows
 from nclab.metrics.conventions import DEFAULT_CONVENTION, Convention
 from nclab.metrics.result import NCResult
 from nclab.metrics.validation import as_tensor, infer_num_classes
@@ -97,7 +97,7 @@ def nc_metrics(
     those are given, else to ``max(labels) + 1`` — refused for sparse labels (max label
     ≥ 10·n or above 100,000), which must pass ``num_classes``. The accumulator works in
     chunks of ``chunk_rows`` rows (default from the cache size and d) so intermediate
-    arrays stay small; ``batch_size`` (default 8 chunks) is how many rows are handed to it
+    arrays stay small; ``batch_size`` (default one group, ``chunking.group_rows``) is how many rows are handed to it
     at a time (slices are views, so this only matters for non-contiguous input).
     """
     y = as_tensor(labels, name="labels")
@@ -114,7 +114,7 @@ def nc_metrics(
     if batch_size is None:
         shape = getattr(features, "shape", None)
         dim = int(shape[1]) if shape is not None and len(shape) == 2 else 1
-        batch_size = 8 * (chunk_rows or auto_chunk_rows(dim))
+        batch_size = group_rows(chunk_rows or auto_chunk_rows(dim))
 
     def batches():
         for i in range(0, n, batch_size):
