@@ -167,6 +167,31 @@ def test_plot_writes_curves_for_any_run(tmp_path):
         assert (run / "figures" / n).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     res = runner.invoke(app, ["plot", str(tmp_path / "nothing")])
     assert res.exit_code == 2 and "metrics.jsonl" in res.output
+    # several runs overlaid: colour = run, both named in the legend
+    other = tmp_path / "ls"
+    other.mkdir()
+    (other / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _fake_history(4)))
+    res = runner.invoke(app, ["plot", str(run), str(other)])
+    assert res.exit_code == 2 and "--out" in res.output
+    res = runner.invoke(app, ["plot", str(run), str(other), "--out", str(tmp_path / "cmp")])
+    assert res.exit_code == 0, res.output
+    assert len(list((tmp_path / "cmp").glob("*.png"))) == 4
+
+
+def test_overlay_legend_names_every_run_and_series(monkeypatch, tmp_path):
+    import nclab.report.style as style
+    from nclab.report.curves import plot_history
+
+    figs = []
+    monkeypatch.setattr(style, "save", lambda fig, path: figs.append(fig))
+    plot_history({"ce": _fake_history(3), "ls": _fake_history(3)}, tmp_path)
+    acc = next(f for f in figs if f.axes[0].get_title() == "Accuracy")
+    labels = [t.get_text() for t in acc.axes[0].get_legend().get_texts()]
+    assert {"ce: test", "ls: test", "ce: train, clean labels"} <= set(labels)
+    import matplotlib.pyplot as plt
+
+    for f in figs:
+        plt.close(f)
 
 
 def test_config_list_and_show_round_trip(tmp_path):

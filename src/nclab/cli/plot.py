@@ -1,4 +1,4 @@
-"""``nclab plot RUN_DIR``: curves against epoch for any training run."""
+"""``nclab plot RUN_DIR [RUN_DIR ...]``: curves against epoch for any training run(s)."""
 
 from __future__ import annotations
 
@@ -15,14 +15,18 @@ def register(app: typer.Typer) -> None:
 
     @app.command("plot")
     def plot_cmd(
-        run_dir: Path = typer.Argument(..., help="an nclab run directory (reads its metrics.jsonl)"),
-        out: Optional[Path] = typer.Option(None, "--out", "-o", help="output folder [default: RUN_DIR/figures]"),
+        run_dirs: list[Path] = typer.Argument(..., help="nclab run directories (each read from its metrics.jsonl)"),
+        out: Optional[Path] = typer.Option(None, "--out", "-o",
+                                           help="output folder [default: RUN_DIR/figures; required for several runs]"),
     ) -> None:
-        """Loss, accuracy, NC1 and memorization/dilation against epoch, one PNG each."""
-        from nclab.report.curves import plot_run
+        """Loss, accuracy, NC1 and memorization/dilation against epoch, one PNG each; several
+        run directories are overlaid (colour = run)."""
+        from nclab.report.curves import plot_run, plot_runs
 
+        if len(run_dirs) > 1 and out is None:
+            fail("several run directories need --out FOLDER for the overlaid figures")
         try:
-            paths = plot_run(run_dir, out_dir=out)
+            paths = plot_run(run_dirs[0], out_dir=out) if len(run_dirs) == 1 else plot_runs(run_dirs, out_dir=out)
         except (FileNotFoundError, ValueError) as exc:
             fail(str(exc))
         for p in paths:

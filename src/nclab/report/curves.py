@@ -1,9 +1,11 @@
 """Curves against epoch for one training run, from its ``metrics.jsonl`` only.
 
 ``plot_run(run_dir)`` writes ``RUN_DIR/figures/{losses,accuracy,nc1,memorization_dilation}.png``
-(a figure is skipped when the run recorded none of its keys). Records exist at evaluation
-epochs (``eval_every``), so curves have one point per evaluation. Every line is named in a
-legend: colour = series, line style = split (solid train, dashed test, dotted validation).
+(a figure is skipped when the run recorded none of its keys); ``plot_runs([...], out_dir=...)``
+overlays several runs. Records exist at evaluation epochs (``eval_every``), so curves have one
+point per evaluation. Every line is named in a legend: for one run colour = series and line
+style = split (solid train, dashed test, dotted validation); for several, colour = run and
+line style = series.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CURVE_FIGURES", "plot_run", "plot_history"]
+__all__ = ["CURVE_FIGURES", "plot_run", "plot_runs", "plot_history"]
 
 _SOLID, _DASHED, _DOTTED = "-", "--", ":"
 
@@ -52,25 +54,40 @@ def _points(history: list[dict[str, Any]], key: str, *, log: bool) -> tuple[list
     return xs, ys
 
 
-def plot_history(history: list[dict[str, Any]], out_dir: str | Path, *, title: str = "") -> list[Path]:
-    """Write the figures of :data:`CURVE_FIGURES` that have data; returns the paths written."""
+def plot_history(history: list[dict[str, Any]] | dict[str, list[dict[str, Any]]], out_dir: str | Path, *,
+                 title: str = "") -> list[Path]:
+    """Write the figures of :data:`CURVE_FIGURES` that have data; returns the paths written.
+
+    ``history`` is one run's records, or ``{run label: records}`` to overlay several runs
+    (then colour = run and line style = series, both in the legend).
+    """
     from matplotlib.ticker import MaxNLocator
 
     from nclab.report.style import OKABE_ITO, apply_style, plt, save
 
     apply_style()
+    runs = history if isinstance(history, dict) else {"": history}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    styles = [_SOLID, _DASHED, _DOTTED, "-."]
     written = []
     for stem, (name, ylabel, logy, series) in CURVE_FIGURES.items():
-        drawn = [(key, label, ls, *_points(history, key, log=logy)) for key, label, ls in series]
-        drawn = [d for d in drawn if d[3]]
-        if not drawn:
+        lines = []
+        for r, (run, recs) in enumerate(runs.items()):
+            for s_i, (key, label, ls) in enumerate(series):
+                xs, ys = _points(recs, key, log=logy)
+                if not xs:
+                    continue
+                if len(runs) == 1:
+                    color, style, text = OKABE_ITO[len(lines) % len(OKABE_ITO)], ls, f"{label}  [{key}]"
+                else:
+                    color, style, text = OKABE_ITO[r % len(OKABE_ITO)], styles[s_i % len(styles)], f"{run}: {label}"
+                lines.append((xs, ys, color, style, text))
+        if not lines:
             continue
         fig, ax = plt.subplots(figsize=(5.6, 3.6))
-        for i, (key, label, ls, xs, ys) in enumerate(drawn):
-            ax.plot(xs, ys, ls=ls, marker="o" if len(xs) < 40 else None, ms=3, lw=1.5,
-                    color=OKABE_ITO[i % len(OKABE_ITO)], label=f"{label}  [{key}]")
+        for xs, ys, color, style, text in lines:
+            ax.plot(xs, ys, ls=style, marker="o" if len(xs) < 40 else None, ms=3, lw=1.5, color=color, label=text)
         if logy:
             ax.set_yscale("log")
         ax.set_xlabel("epoch")
@@ -84,20 +101,35 @@ def plot_history(history: list[dict[str, Any]], out_dir: str | Path, *, title: s
     return written
 
 
-def plot_run(run_dir: str | Path, *, out_dir: str | Path | None = None) -> list[Path]:
-    """Curves of the run in ``run_dir`` into ``out_dir`` (default ``RUN_DIR/figures``).
-
-    Raises ``FileNotFoundError`` when there is no ``metrics.jsonl`` and ``ValueError``
-    when it holds no records yet.
-    """
+def _history(run_dir: Path) -> list[dict[str, Any]]:
     from nclab.store.files import read_jsonl
 
-    run_dir = Path(run_dir)
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir}: no metrics.jsonl here (not an nclab run directory?)")
     history = [r for r in read_jsonl(path) if isinstance(r, dict) and "epoch" in r]
     if not history:
         raise ValueError(f"{path} holds no epoch records yet")
-    name = run_dir.resolve().name
-    return plot_history(history, out_dir if out_dir is not None else run_dir / "figures", title=name)
+    return history
+
+
+def plot_run(run_dir: str | Path, *, out_dir: str | Path | None = None) -> list[Path]:
+    """Curves of the run in ``run_dir`` into ``out_dir`` (default ``RUN_DIR/figures``).
+
+    Raises ``FileNotFoundError`` when there is no ``metrics.jsonl`` and ``ValueError``
+    when it holds no records yet.
+    """
+    run_dir = Path(run_dir)
+    return plot_history(_history(run_dir), out_dir if out_dir is not None else run_dir / "figures",
+                        title=run_dir.resolve().name)
+
+
+def plot_runs(run_dirs: list[str | Path], *, out_dir: str | Path, title: str = "") -> list[Path]:
+    """Several runs overlaid (e.g. CE vs LS), labelled by their folder names (made unique)."""
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for d in map(Path, run_dirs):
+        label = d.resolve().name
+        while label in runs:
+            label = f"{d.resolve().parent.name}/{label}"
+        runs[label] = _history(d)
+    return plot_history(runs, out_dir, title=title)
