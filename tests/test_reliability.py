@@ -377,21 +377,32 @@ def test_cli_sigterm_exits_143_and_prints_how_to_resume(tmp_path):
 
 # ---------------------------------------------------------------------------------- divergence
 
-def test_non_finite_logits_are_divergence_not_bad_input(tmp_path, monkeypatch):
+@pytest.mark.parametrize("record_dynamics", [False, True])
+def test_non_finite_logits_are_divergence_not_bad_input(tmp_path, monkeypatch, record_dynamics):
+    """Finite weights, finite training loss, but eval-mode logits overflow (a BatchNorm running
+    mean of -inf): that is divergence (status diverged, exit 3), not bad input."""
     from nclab.train import loop
 
-    real = loop._evaluate
+    real = loop.train_one_epoch
+    calls = {"n": 0}
 
-    def overflowing(model, *args, **kwargs):
-        raise ValueError("features contain NaN or inf")  # what the metric engine says about inf logits
+    def poisoned(model, *args, **kwargs):
+        loss = real(model, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            for m in model.modules():
+                if isinstance(m, torch.nn.BatchNorm1d):
+                    m.running_mean.fill_(float("-inf"))  # buffers, not parameters: only eval mode sees it
+        return loss
 
-    monkeypatch.setattr(loop, "_evaluate", overflowing)
-    monkeypatch.setattr(loop, "_finite_logits", lambda *a, **k: False)
-    r = train(tiny(epochs=3, record_dynamics=False), run_dir=tmp_path / "run", progress=False)
-    assert r.status == "diverged" and r.diverged_epoch == 1 and r.epoch == 0 and r.final is None
-    st = json.loads((tmp_path / "run" / "status.json").read_text())
-    assert st["status"] == "diverged" and st["diverged_epoch"] == 1 and "logits" in st["message"]
-    monkeypatch.setattr(loop, "_evaluate", real)
+    monkeypatch.setattr(loop, "train_one_epoch", poisoned)
+    d = tmp_path / "run"
+    r = train(tiny(epochs=3, record_dynamics=record_dynamics), run_dir=d, progress=False)
+    assert r.status == "diverged" and r.diverged_epoch == 2 and r.epoch == 1
+    st = json.loads((d / "status.json").read_text())
+    assert st["status"] == "diverged" and st["diverged_epoch"] == 2 and "logits" in st["message"]
+    assert "epoch 1" in st["message"] and load_checkpoint(d / "checkpoints" / "last.pt")["epoch"] == 1
+    assert [rec["epoch"] for rec in read_jsonl(d / "metrics.jsonl")] == [1]
 
 
 def test_divergence_in_epoch_1_in_a_sweep_and_the_store_never_counts_it_completed(tmp_path):
