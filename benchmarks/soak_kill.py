@@ -68,6 +68,7 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--keep", action="store_true", help="keep the run directories")
+    ap.add_argument("--report-every", type=int, default=10, help="print progress every N chains")
     args = ap.parse_args()
     torch.set_num_threads(1)
     rng = random.Random(args.seed)
@@ -95,7 +96,11 @@ def main() -> int:
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             try:
                 p.wait(timeout=rng.uniform(0.0, 1.1 * t_run))
-            except subprocess.TimeoutExpired:
+            except BaseException as exc:  # the kill moment (or Ctrl-C on the soak itself)
+                if not isinstance(exc, subprocess.TimeoutExpired):
+                    p.kill()
+                    p.wait()
+                    raise
                 p.send_signal(signal.SIGKILL)
                 p.wait()
                 kills += 1
@@ -110,7 +115,7 @@ def main() -> int:
                 failures += 1
                 print(f"chain {chains - 1}: finished after {chain_kills} kills but differs from the reference")
             break
-        if chains % 10 == 0:
+        if chains % args.report_every == 0:
             print(f"  {kills} kills, {chains} chains, {failures} failures, {time.monotonic() - start:.0f} s", flush=True)
     elapsed = time.monotonic() - start
     if failures:
