@@ -69,8 +69,9 @@ def register(app: typer.Typer) -> None:
         except (OSError, MemoryError, torch.OutOfMemoryError) as exc:  # disk full, read-only, no memory
             err.print(f"[bold red]error:[/] {escape(os_error_message(exc))}", highlight=False)
             raise typer.Exit(EXIT_IO) from None
-        except KeyboardInterrupt:  # before the trainer took over the signals (data loading)
-            err.print("[bold red]interrupted[/] before training started; nothing to resume", highlight=False)
+        except KeyboardInterrupt:  # outside the epoch loop (data loading, a second signal at the very end)
+            err.print("[bold red]interrupted[/]; a checkpoint written before the signal is kept "
+                      "(--resume continues from it)", highlight=False)
             raise typer.Exit(130) from None
         out = Console()
         title = f"{cfg.name}: {result.status} at epoch {result.epoch}/{cfg.epochs}"
