@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from nclab.metrics import CONVENTIONS, NCAccumulator, nc_metrics
-from nclab.metrics.chunking import auto_chunk_rows
+from nclab.metrics.chunking import auto_chunk_rows, group_rows
 from nclab.metrics.within_class import input_eps, numerical_rank_tol
 
 torch.set_num_threads(1)
@@ -297,3 +297,4 @@ def test_auto_chunk_rows_follows_cache_and_dimension():
     assert auto_chunk_rows(100_000, cache_bytes=1 << 20) == 256  # floor
     assert auto_chunk_rows(1, cache_bytes=1 << 30) == 8192  # ceiling
     assert auto_chunk_rows(512, cache_bytes=5 << 20) == 1024
+    assert group_rows(256) == 4096 and group_rows(8192) == 8192 and group_rows(1) == 16

@@ -262,7 +262,8 @@ class NCAccumulator:
         w_logits = z is None and self._weight is not None and not self._calib_in_pass2
         for lo in range(0, b, heavy):
             hi = min(b, lo + heavy)
-            x64 = self._to64(x[lo:hi])
+            xc = x[lo:hi]
+            x64 = xc if xc.dtype == torch.float64 else self._to64(xc)  # pass 1 only reads it
             bsum.index_add_(0, slot[lo:hi], x64)
             if m.track_m2:
                 m.update(x64, y[lo:hi])
