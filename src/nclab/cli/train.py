@@ -92,6 +92,7 @@ def register(app: typer.Typer) -> None:
             cmd = ["nclab", "train", *([str(config)] if config is not None else [])]
             for item in set_:
                 cmd += ["--set", item]
+            cmd += ["--threads", str(threads)] if threads is not None else []
             cmd += ["--run-dir", str(target), "--resume"]
             err.print(escape(result.message), highlight=False, soft_wrap=True)
             err.print(f"resume with: {escape(shlex.join(cmd))}", highlight=False, soft_wrap=True)  # one line
