@@ -101,6 +101,7 @@ def run_sweep(
     if stack is not None and stack < 1:
         raise ValueError(f"stack must be >= 1; got {stack}")
     stacking = stack is not None and stack > 1
+    stack_key_fn = None if stack_fn is None else (lambda c: "")  # a caller's stack_fn groups as it likes
     if stacking and stack_fn is None:
         import functools  # noqa: PLC0415
 
@@ -130,7 +131,7 @@ def run_sweep(
             return [[h] for h in hs]
         from nclab.train.stacked import group_stacks  # noqa: PLC0415
 
-        return group_stacks(hs, size=int(stack), config_of=lambda h: _f(by_hash[h], "config"))
+        return group_stacks(hs, size=int(stack), config_of=lambda h: _f(by_hash[h], "config"), key=stack_key_fn)
 
     todo = deque(units_of(h for h in hashes if status.get(h) in ("pending", "running")))
     owner = Owner()

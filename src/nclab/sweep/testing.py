@@ -23,7 +23,7 @@ from pathlib import Path
 
 from nclab.store.files import append_jsonl, atomic_write_json
 
-__all__ = ["noop_run", "fake_run", "fake_score"]
+__all__ = ["noop_run", "fake_run", "fake_score", "fake_stack_run"]
 
 
 def noop_run(config: dict, run_dir: str) -> dict:
@@ -68,3 +68,17 @@ def fake_run(config: dict, run_dir: str) -> dict:
     }
     atomic_write_json(rd / "final.json", final)
     return final
+
+
+def fake_stack_run(configs: list[dict], run_dirs: list[str]) -> list[dict]:
+    """A fake stack: every member through :func:`fake_run` in this process; ``pid`` and the
+    stack size are added to each final (a member asking to ``fail`` fails only itself,
+    as a diverged member would; a ``crash`` takes the whole stack down)."""
+    out = []
+    for c, d in zip(configs, run_dirs):
+        try:
+            final = fake_run(c, d)
+        except RuntimeError:
+            final = {"status": "diverged"}
+        out.append({**final, "stack_size": len(configs), "pid": os.getpid()})
+    return out

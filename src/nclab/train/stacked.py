@@ -87,13 +87,15 @@ def stack_key(config: TrainConfig | dict) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def group_stacks(items: Sequence[Any], *, size: int, config_of=lambda r: r) -> list[list[Any]]:
-    """Split ``items`` into stacks of at most ``size`` compatible runs (order kept within a key)."""
+def group_stacks(items: Sequence[Any], *, size: int, config_of=lambda r: r, key=None) -> list[list[Any]]:
+    """Split ``items`` into stacks of at most ``size`` compatible runs (order kept within a key);
+    ``key(config)`` defaults to :func:`stack_key`."""
     if size < 1:
         raise ValueError(f"stack size must be >= 1; got {size}")
+    key = key or stack_key
     groups: dict[str, list[Any]] = {}
     for it in items:
-        groups.setdefault(stack_key(config_of(it)), []).append(it)
+        groups.setdefault(key(config_of(it)), []).append(it)
     out: list[list[Any]] = []
     for members in groups.values():
         out.extend(members[i : i + size] for i in range(0, len(members), size))
