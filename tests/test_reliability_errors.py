@@ -9,7 +9,6 @@ import json
 import os
 import pickle
 import sqlite3
-import time
 import zipfile
 from pathlib import Path
 
@@ -19,7 +18,6 @@ import torch
 from typer.testing import CliRunner
 
 from nclab.cli import _register_all, app
-from nclab.store.files import read_jsonl
 from nclab.train import TrainConfig, train
 from nclab.train.checkpoint import CheckpointError, MAGIC, load_checkpoint, save_checkpoint
 
