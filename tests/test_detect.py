@@ -143,8 +143,13 @@ def test_cleanlab_comparison_runs_on_the_same_noise(small_setting):
 
     out = evaluate_setting(small_setting, scores=("features",), folds=2)
     methods = [r["method"] for r in out["rows"]]
-    assert methods == ["nclab:features", "cleanlab:oof-2fold-same-model", "cleanlab:oof-2fold-logreg"]
+    assert methods == ["nclab:features", "cleanlab:oof-2fold-same-model", "nclab-cl:oof-2fold-same-model",
+                       "cleanlab:oof-2fold-logreg"]
     assert out["realized_noise_rate"] == pytest.approx(0.2)
+    cl, ours = out["rows"][1], out["rows"][2]  # same probabilities: same ranking, near-identical flagged set
+    assert ours["auroc"] == pytest.approx(cl["auroc"], abs=1e-12)
+    assert abs(ours["flagged"] - cl["flagged"]) <= 0.05 * cl["flagged"] + 2
+    assert out["rows"][0]["flagged"] >= 0 and "flagged_precision" in out["rows"][0]
     for r in out["rows"]:
         assert r["n_mislabeled"] == 64 and 0.5 < r["auroc"] <= 1.0
 
