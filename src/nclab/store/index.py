@@ -42,6 +42,7 @@ share a store across machines through one driver (the Ray executor) instead.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import socket
@@ -53,7 +54,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
-from nclab.store.files import to_json
+from nclab.store.files import atomic_write_bytes, atomic_write_text, to_json
 
 __all__ = ["RunStore", "Owner", "STATUSES", "StoreError", "pid_start_time", "pid_alive", "flatten"]
 
@@ -462,13 +463,12 @@ class RunStore:
         """Write :meth:`table` as CSV (union of columns, blanks where missing); returns rows."""
         recs = self.table(status=status, sweep=sweep)
         cols = _columns(recs)
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=cols, extrasaction="raise")
-            w.writeheader()
-            for rec in recs:
-                w.writerow({c: rec.get(c) for c in cols})
+        buf = io.StringIO(newline="")
+        w = csv.DictWriter(buf, fieldnames=cols, extrasaction="raise")
+        w.writeheader()
+        for rec in recs:
+            w.writerow({c: rec.get(c) for c in cols})
+        atomic_write_text(path, buf.getvalue())  # never a half-written export
         return len(recs)
 
     def export_parquet(self, path: str | Path, *, status: str | None = "completed", sweep: str | None = None) -> int:
@@ -485,7 +485,9 @@ class RunStore:
         cols = _columns(recs)
         # mixed-type columns (e.g. a metric None in some runs) are left to pyarrow's inference
         data = {c: [rec.get(c) for rec in recs] for c in cols}
-        pq.write_table(pa.table(data), str(path))
+        sink = pa.BufferOutputStream()
+        pq.write_table(pa.table(data), sink)
+        atomic_write_bytes(path, sink.getvalue().to_pybytes())
         return len(recs)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
