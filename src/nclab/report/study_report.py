@@ -112,7 +112,8 @@ def _vs_noise(records, ds, metrics, path, *, logy=()) -> None:
         ax.set_title(METRICS[m][0])
         if m in logy:
             ax.set_yscale("log")
-    axes[0][0].legend(loc="best")
+    if axes[0][0].get_legend_handles_labels()[0]:  # a metric no run has: no legend to draw
+        axes[0][0].legend(loc="best")
     fig.suptitle(f"{ds} (mean ± std over seeds)", y=1.02)
     fig.tight_layout()
     save(fig, path)
