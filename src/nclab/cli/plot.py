@@ -19,8 +19,10 @@ def register(app: typer.Typer) -> None:
         out: Optional[Path] = typer.Option(None, "--out", "-o",
                                            help="output folder [default: RUN_DIR/figures; required for several runs]"),
     ) -> None:
-        """Loss, accuracy, NC1 and memorization/dilation against epoch, one PNG each; several
-        run directories are overlaid (colour = run)."""
+        """Loss, accuracy, NC1 and memorization/dilation against epoch, one PNG each.
+
+        Several run directories are overlaid in one set of figures (colour = run).
+        """
         from nclab.report.curves import plot_run, plot_runs
 
         if len(run_dirs) > 1 and out is None:
