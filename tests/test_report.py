@@ -203,3 +203,18 @@ def test_feature_panels_and_geometry_from_saved_features(tmp_path):
     nob = next(c for c in rep.summary["claims"] if c["id"] == "H3-nobias")
     assert nob["verdict"] == "insufficient data" and "without a classifier bias" in nob["reason"]
     assert "Geometry of the class means" in rep.markdown.read_text()
+
+
+def test_study_report_leaves_out_search_trials(tmp_path):
+    """Runs of other sweeps in a study store (e.g. the paper scale's search trials) are not study runs."""
+    from nclab.report import build_report
+
+    st = _fabricate(tmp_path / "s", seeds=1)
+    o = Owner()
+    cfg = {"seed": 0, "dataset": {"name": "digits", "classes": 2, "val_fraction": 0.2}, "loss": {"name": "ce"},
+           "noise": {"kind": "symmetric_all", "rate": 0.2}}
+    st.register([{"hash": "trial", "name": "trial", "config": cfg}], sweep="search-x")
+    st.claim("trial", o)
+    st.complete("trial", o, {"test_acc": 0.5, "train_acc_noisy": 1.0})
+    rep = build_report(tmp_path / "s")
+    assert rep.summary["runs"]["completed"] == 14 and "trial" not in {e["hash"] for e in rep.summary["excluded_runs"]}

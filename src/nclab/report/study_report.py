@@ -207,7 +207,13 @@ def build_report(store_dir: str | Path, *, out_dir: str | Path | None = None, sw
     )
 
     store = RunStore(store_dir, create=False)
-    records = load_records(store, sweep=sweep)
+    study_sweeps = [s for s in store.sweeps() if s.startswith("md-")] if sweep is None else []
+    if study_sweeps:  # a study: its own runs only (not the search trials stored beside them)
+        seen: set[str] = set()
+        records = [r for s in study_sweeps for r in load_records(store, sweep=s)
+                   if not (r["hash"] in seen or seen.add(r["hash"]))]
+    else:
+        records = load_records(store, sweep=sweep)
     if not records:
         raise ValueError(f"{store_dir}: the store has no completed runs to report on")
     out = Path(out_dir) if out_dir is not None else Path(store_dir) / "report"
