@@ -86,10 +86,15 @@ def test_version_flag_and_python_m():
     assert importlib.metadata.version("nclab") == __version__  # one version source
 
 
+# environment variables with which Rich treats any stream as a terminal
+_FORCE_TTY = ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE")
+
+
 def test_train_by_shipped_name_writes_plain_progress_to_a_log(tmp_path):
     """``nclab train NAME > log 2>&1``: the log shows each epoch while the run goes on."""
     log = tmp_path / "log"
-    env = {**os.environ, "NCLAB_PROGRESS_SECONDS": "0", "COLUMNS": "80"}
+    env = {k: v for k, v in os.environ.items() if k not in _FORCE_TTY}
+    env.update(NCLAB_PROGRESS_SECONDS="0", COLUMNS="80")
     with open(log, "w") as fh:
         proc = subprocess.run([sys.executable, "-m", "nclab", "train", "digits-binary", "--set", "epochs=2",
                                "--set", "save_features=false", "--run-dir", str(tmp_path / "run")],
@@ -106,6 +111,8 @@ def test_plain_progress_is_rate_limited(capsys, monkeypatch):
     from nclab.train.loop import _Progress
 
     monkeypatch.setenv("NCLAB_PROGRESS_SECONDS", "3600")
+    for k in _FORCE_TTY:
+        monkeypatch.delenv(k, raising=False)
     bar = _Progress(True, 10, 0, "x")
     assert bar.plain  # pytest's captured stderr is not a terminal
     for e in range(1, 6):
