@@ -53,7 +53,8 @@ def test_wheel_installs_in_a_fresh_venv_and_trains_from_a_shipped_config(tmp_pat
 
     work = tmp_path / "elsewhere"  # no configs/ folder here: the config must come from the package
     work.mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONPATH", "VIRTUAL_ENV", "FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE")}
     env["NCLAB_PROGRESS_SECONDS"] = "0"
     nclab = env_dir / "bin" / "nclab"
     out = _run([nclab, "--version"], cwd=work, env=env)
