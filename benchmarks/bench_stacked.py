@@ -1,0 +1,146 @@
+"""Stacked training vs one run at a time, through the real sweep path.
+
+Cases (same configs, same thread count per run = 1, all measured in this one process):
+
+* ``sequential``   — ``--executor inline``: one run after another (the baseline);
+* ``2 workers``    — two processes, one run each at a time (``-j 2``);
+* ``stacked``      — ``--stack K`` in one process (same single core as ``sequential``);
+* ``stacked x2``   — two processes, each training a stack (``-j 2 --stack K/2``).
+
+Workloads:
+
+* ``small``  — the study's ``--scale small`` binary Fashion-MNIST run (MLP 3x256, 2-D
+  features, 1000 images, batch 32), ``--runs`` seeds x {CE, LS}, a fixed ``--epochs``
+  (no early stop, so every case does the same work);
+* ``digits`` — 8 runs of a 3x256 MLP on binary digits (360 images).
+
+For each case: wall time, runs per hour, the ratio to ``sequential``, and the
+arithmetic limit: the FLOPs a run needs (2 per multiply-add: forward + 2x backward per
+training sample, one forward per sample for the per-epoch eval-mode pass) divided by the
+measured single-thread GEMM throughput of this machine (x2 for the two-process cases).
+
+    python benchmarks/bench_stacked.py [--workload small|digits|both] [--epochs 20] [--runs 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import torch  # noqa: E402
+
+from nclab.store.index import RunStore  # noqa: E402
+from nclab.sweep import InlineExecutor, LocalExecutor, SweepSpec, expand, run_sweep  # noqa: E402
+from nclab.sweep.run import train_run  # noqa: E402
+
+
+def spec_for(workload: str, *, epochs: int, runs: int) -> SweepSpec:
+    if workload == "small":
+        base = {"epochs": epochs, "batch_size": 32, "eval_every": epochs, "checkpoint_every": epochs, "threads": 1,
+                "device": "cpu", "dataset": {"name": "fashion-mnist", "classes": [0, 1], "per_class": 500},
+                "noise": {"kind": "symmetric_all", "rate": 0.2},
+                "model": {"name": "mlp", "depth": 3, "width": 256}, "optim": {"lr": 0.05, "weight_decay": 5e-4},
+                "schedule": {"name": "cosine"}}
+        return SweepSpec.model_validate({"name": "bench-small", "base": base, "grid": {"loss.name": ["ce", "ls"]},
+                                         "seeds": list(range(max(1, runs // 2)))})
+    base = {"epochs": epochs, "batch_size": 32, "eval_every": epochs, "checkpoint_every": epochs, "threads": 1,
+            "device": "cpu", "dataset": {"name": "digits", "classes": 2}, "noise": {"kind": "symmetric_all", "rate": 0.2},
+            "model": {"name": "mlp", "depth": 3, "width": 256}, "optim": {"lr": 0.05}, "schedule": {"name": "cosine"}}
+    return SweepSpec.model_validate({"name": "bench-digits", "base": base, "seeds": list(range(runs))})
+
+
+def run_flops(config: dict, n_train: int, input_dim: int, n_classes: int) -> float:
+    """Multiply-add FLOPs of one run: 6 per weight per training sample (forward + backward),
+    2 per weight per sample for the eval-mode pass every epoch."""
+    m = config["model"]
+    d = m.get("feature_dim") or n_classes
+    dims = [input_dim] + [m["width"]] * (m["depth"] - 1) + [d, n_classes]
+    weights = sum(a * b for a, b in zip(dims[:-1], dims[1:]))
+    return config["epochs"] * n_train * weights * (6 + 2)
+
+
+def gemm_gflops(seconds: float = 1.0) -> float:
+    """Single-thread float32 GEMM throughput at a size like the first layer's batch GEMMs."""
+    torch.set_num_threads(1)
+    a, b = torch.randn(256, 784), torch.randn(784, 256)
+    for _ in range(20):
+        a @ b
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        n += 1
+    return n * 2 * 256 * 784 * 256 / (time.perf_counter() - t0) / 1e9
+
+
+def measure(workload: str, *, epochs: int, runs: int, stack: int) -> None:
+    spec = spec_for(workload, epochs=epochs, runs=runs)
+    rs = expand(spec)
+    from nclab.train import TrainConfig
+    from nclab.train.loop import prepare_data
+
+    data = prepare_data(TrainConfig.model_validate(rs[0].config), torch.device("cpu"))
+    flops = run_flops(rs[0].config, data.info["n_train"], math.prod(data.input_shape), data.num_classes)
+    gf = gemm_gflops()
+    print(f"\n== {workload}: {len(rs)} runs x {epochs} epochs, n_train {data.info['n_train']}, "
+          f"input {math.prod(data.input_shape)}, {flops / 1e9:.2f} GFLOP per run; GEMM {gf:.1f} GFLOP/s (1 thread), "
+          f"load {os.getloadavg()[0]:.2f}")
+    cases = [("sequential", lambda: InlineExecutor(), None, 1),
+             ("2 workers", lambda: LocalExecutor(2), None, 2),
+             (f"stacked (1 process, stack {stack})", lambda: InlineExecutor(), stack, 1),
+             (f"stacked x2 (2 processes, stack {max(2, stack // 2)})", lambda: LocalExecutor(2), max(2, stack // 2), 2)]
+    base = None
+    print(f"{'case':44s} {'wall s':>8s} {'runs/h':>8s} {'vs seq':>7s} {'limit runs/h':>13s} {'of limit':>9s}")
+    for name, make, st, cores in cases:
+        with tempfile.TemporaryDirectory() as tmp:
+            store = RunStore(Path(tmp))
+            with make() as ex:
+                if isinstance(ex, LocalExecutor):  # start both workers first: process start-up is not training
+                    for f in [ex.submit(_warm, rs[0].config, tmp) for _ in range(2)]:
+                        f.result()
+                t0 = time.perf_counter()
+                s = run_sweep(store, rs, run_fn=train_run, executor=ex, stack=st)
+                wall = time.perf_counter() - t0
+            assert s.completed == len(rs), (s.completed, s.failed)
+        rate = len(rs) / wall * 3600
+        base = base or rate
+        limit = cores * gf * 1e9 / flops * 3600
+        print(f"{name:44s} {wall:8.1f} {rate:8.0f} {rate / base:6.2f}x {limit:13.0f} {rate / limit:8.1%}")
+
+
+def _warm(config: dict, run_dir: str) -> dict:
+    """Import the trainer and load the data set once in a worker (both are cached per process)."""
+    import torch as _t
+
+    from nclab.train import TrainConfig
+    from nclab.train.loop import prepare_data
+    import nclab.train.stacked  # noqa: F401
+
+    prepare_data(TrainConfig.model_validate(config), _t.device("cpu"))
+    time.sleep(1.0)  # keep this worker busy so the second warm-up lands on the other one
+    return {}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workload", choices=["small", "digits", "both"], default="both")
+    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--runs", type=int, default=16, help="runs of the small workload (digits uses 8)")
+    ap.add_argument("--stack", type=int, default=16)
+    a = ap.parse_args()
+    torch.set_num_threads(1)
+    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, python {sys.version.split()[0]}")
+    if a.workload in ("small", "both"):
+        measure("small", epochs=a.epochs, runs=a.runs, stack=a.stack)
+    if a.workload in ("digits", "both"):
+        measure("digits", epochs=a.epochs, runs=8, stack=8)
+
+
+if __name__ == "__main__":
+    main()
