@@ -59,6 +59,7 @@ from nclab.train.loop import (
     RunResult,
     _check_noise_file,
     _diverged_message,
+    _finite_logits,
     _evaluate,
     _ordered,
     batch_bounds,
@@ -411,14 +412,16 @@ def _run_stack(members: list[_Member], *, on_epoch: Any) -> None:
         losses = stack.train_epoch()
         epoch_time = (time.perf_counter() - t0) / len(stack.members)  # this member's share of the stack's epoch
         finite = stack.model.finite()
-        # one eval-mode pass for all members: divergence of the logits, dynamics, the stop rule
-        logits = stack.eval_logits(members[0].config.eval_batch_size)
+        # one eval-mode pass for all members when a stop rule or dynamics needs it (it also
+        # catches non-finite logits early; otherwise they surface at evaluation, as in a solo run)
+        need = any(m.stopper.active or m.recorder is not None for m in stack.members)
+        logits = stack.eval_logits(members[0].config.eval_batch_size) if need else None
         gone: set[int] = set()
         for k, m in enumerate(stack.members):
             m.epoch += 1
             epoch = m.epoch
             loss_k = float(losses[k])
-            if not (np.isfinite(loss_k) and bool(finite[k]) and bool(torch.isfinite(logits[k]).all())):
+            if not (np.isfinite(loss_k) and bool(finite[k]) and (logits is None or bool(torch.isfinite(logits[k]).all()))):
                 m.status, m.diverged_epoch = "diverged", epoch
                 what = "the logits" if np.isfinite(loss_k) and bool(finite[k]) else "the loss or the parameters"
                 m.message = _diverged_message(epoch, m.lr, what, m.ckpt)
@@ -439,7 +442,16 @@ def _run_stack(members: list[_Member], *, on_epoch: Any) -> None:
             if need_export:
                 stack.export(k)
             if full_eval:
-                ev = _evaluate(m.model, m.data, m.loss_fn, m.config)
+                try:
+                    ev = _evaluate(m.model, m.data, m.loss_fn, m.config)
+                except (ValueError, RuntimeError):
+                    if _finite_logits(m.model, m.data.x_train, batch_size=m.config.eval_batch_size):
+                        raise
+                    m.status, m.diverged_epoch = "diverged", epoch
+                    m.message = _diverged_message(epoch, m.lr, "the logits", m.ckpt)
+                    m.epoch -= 1
+                    gone.add(k)
+                    continue
                 if m.stopper.active and not fired:
                     fired = m.stopper.update(epoch, float(ev["train_acc_noisy"]))
                     done = done or fired
