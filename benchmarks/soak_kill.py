@@ -62,6 +62,15 @@ def fingerprint(d: Path) -> dict:
     }
 
 
+def in_training(d: Path, pid: int) -> bool:
+    """Whether this attempt is past start-up: its trainer wrote status.json = running with its pid."""
+    try:
+        st = json.loads((d / "status.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return st.get("status") == "running" and st.get("pid") == pid
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--kills", type=int, default=200)
@@ -101,10 +110,10 @@ def main() -> int:
                     p.kill()
                     p.wait()
                     raise
+                in_run += in_training(d, p.pid)
                 p.send_signal(signal.SIGKILL)
                 p.wait()
                 kills += 1
-                in_run += (d / "config.yaml").exists()  # past start-up: the run's files were being written
                 chain_kills += 1
                 continue
             err = p.stderr.read().decode(errors="replace") if p.stderr else ""
@@ -117,13 +126,13 @@ def main() -> int:
                 print(f"chain {chains - 1}: finished after {chain_kills} kills but differs from the reference")
             break
         if chains % args.report_every == 0:
-            print(f"  {kills} kills ({in_run} after the run started writing), {chains} chains, {failures} failures, "
+            print(f"  {kills} kills ({in_run} in the training loop), {chains} chains, {failures} failures, "
                   f"{time.monotonic() - start:.0f} s", flush=True)
     elapsed = time.monotonic() - start
     if failures:
         print(f"FAILED: {failures} of {chains} chains did not resume or ended different ({kills} kills, {elapsed:.0f} s)")
     else:
-        print(f"survived {kills} kills ({in_run} after the run started writing its files): all {chains} chains "
+        print(f"survived {kills} kills ({in_run} of them inside the training loop): all {chains} chains "
               f"resumed and ended identical to the uninterrupted run ({elapsed:.0f} s)")
     if not args.keep:
         import shutil
