@@ -47,7 +47,10 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="one rate (0.2), 8 epochs, 3 folds")
     ap.add_argument("--json", type=Path, default=None, help="also write all rows as JSON")
     args = ap.parse_args()
-    torch.set_num_threads(1)  # every method at 1 thread, so fit times compare
+    torch.set_num_threads(1)  # every method at 1 thread (torch and BLAS), so fit times compare
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
     rates = (0.2,) if args.quick else (0.1, 0.2, 0.4)
     epochs, folds = (8, 3) if args.quick else (20, 5)
     datasets = [("digits", None, None)]
