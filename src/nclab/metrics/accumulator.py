@@ -16,7 +16,8 @@ Two passes over the data, never holding all features:
 
 With ``within="full"``, ``compute()`` after pass 1 alone already gives NC1–NC3,
 CDNV, accuracy and ECE; the pass-2 metrics are then ``None`` and listed in
-``result.info["missing"]``. Memory is O(C·d + d²) (full) or O(C·d) (projected) plus one
+``result.info["missing"]``. With ``within="projected"`` and a classifier (no explicit
+logits), accuracy, ECE and ``nc1_logits`` come from pass 2 as well. Memory is O(C·d + d²) (full) or O(C·d) (projected) plus one
 chunk, independent of n; per-sample scores are O(n) scalars when asked for. Batches are
 cut into chunks of ``chunk_rows`` rows (default from the cache size, see
 ``nclab.metrics.chunking``), so the float64 copy of a chunk stays small whatever batch
