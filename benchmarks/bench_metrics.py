@@ -126,14 +126,6 @@ def torch_per_sample_nc1(x, y, C, limit):
     return total + loop * (len(y) / m - 1), m
 
 
-def read_twice_floor(x, reps):
-    def run():
-        x.sum()
-        x.sum()
-
-    return best_of(run, reps)[0]
-
-
 # ----------------------------------------------------------------------------- memory
 def _hwm_mib() -> float:
     """Peak resident memory of this process (VmHWM; unlike ru_maxrss it is not inherited over exec)."""
@@ -188,7 +180,11 @@ def run_case(name, n, d, C, *, peer, reps, loop_limit):
     x, y, yc, W, b = make_data(n, d, C)
     suite = lambda: nc_metrics(x, y, weight=W, bias=b, clean_labels=yc)  # noqa: E731
     nc_metrics(x[:4096], y[:4096], weight=W, bias=b, clean_labels=yc[:4096])  # warm-up
-    runs = {"nclab": suite}
+    def floor_fn():
+        x.sum()
+        x.sum()
+
+    runs = {"nclab": suite, "floor": floor_fn}
     if peer is not None:
         for batch in (1024, 8192):
             peer_suite(peer, x[:4096], y[:4096], W, C, batch)  # warm-up
@@ -201,7 +197,7 @@ def run_case(name, n, d, C, *, peer, reps, loop_limit):
             out[key] = fn()
             best[key] = min(best[key], time.perf_counter() - t0)
     t_nclab, res = best["nclab"], out["nclab"]
-    floor = read_twice_floor(x, reps)
+    floor = best["floor"]
     print(f"case {name}: n={n:,} d={d} C={C}, float32 features, chunk {auto_chunk_rows(d)} rows "
           f"(L2 {l2_cache_bytes() // 1024} KiB); best of {reps}, runs interleaved")
     print(f"  nclab full suite                 : {t_nclab:8.3f} s")
