@@ -234,7 +234,8 @@ def test_batch_bounds_never_leave_a_single_sample():
 
 def test_latent_classes_run_with_progress_bar(tmp_path, capsys):
     r = train(cfg("epochs=2", "noise.latent_fraction=0.3"), run_dir=tmp_path / "lat", progress=True)
-    assert "NC1" in capsys.readouterr().out
+    cap = capsys.readouterr()
+    assert "NC1" in cap.out + cap.err  # progress goes to stderr
     f = r.final
     assert f["train.num_classes"] == 4 and f["test.num_classes"] == 2
     assert f["test_acc"] > 0.7 and math.isfinite(f["train.memorization"])

@@ -220,6 +220,34 @@ def train_one_epoch(
     return float(total / n)
 
 
+def write_checkpoint(path: Path, config: TrainConfig, *, epoch: int, elapsed: float, model: nn.Module,
+                     optimizer: torch.optim.Optimizer, batches: torch.Generator, stopper: StopTracker) -> None:
+    """The run's checkpoint (model, optimizer, batch-RNG and stop-rule state), shared by the
+    solo and the stacked trainer so that either can resume the other's runs."""
+    save_checkpoint(path, {
+        "epoch": epoch,
+        "elapsed_s": elapsed,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "batch_rng": batches.get_state(),
+        "stop": stopper.state(),
+    }, config_hash=config.config_hash())
+
+
+def restore_checkpoint(path: Path, config: TrainConfig, *, model: nn.Module, optimizer: torch.optim.Optimizer,
+                       batches: torch.Generator, stopper: StopTracker) -> tuple[int, float]:
+    """Load :func:`write_checkpoint`'s state into the given objects; returns ``(epoch, elapsed_s)``."""
+    state = load_checkpoint(path, config_hash=config.config_hash())
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        batches.set_state(state["batch_rng"])
+        stopper.load(state.get("stop"))
+        return int(state["epoch"]), float(state["elapsed_s"])
+    except (KeyError, RuntimeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {path} does not fit this model/optimizer: {exc}") from None
+
+
 def _finite_params(model: nn.Module) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
@@ -435,15 +463,8 @@ def _train(config: TrainConfig, *, run_dir: Path, resume: bool, overwrite: bool,
     stopper = StopTracker.from_config(config.stop)
     sessions: list[dict[str, Any]] = []
     if resuming and ckpt_path.exists():
-        state = load_checkpoint(ckpt_path, config_hash=config.config_hash())
-        try:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            batches.set_state(state["batch_rng"])
-            start, elapsed = int(state["epoch"]), float(state["elapsed_s"])
-            stopper.load(state.get("stop"))
-        except (KeyError, RuntimeError, ValueError) as exc:
-            raise CheckpointError(f"checkpoint {ckpt_path} does not fit this model/optimizer: {exc}") from None
+        start, elapsed = restore_checkpoint(ckpt_path, config, model=model, optimizer=optimizer, batches=batches,
+                                            stopper=stopper)
         if noise_path.exists():
             _check_noise_file(noise_path, data.noise_arrays)
         try:
@@ -535,27 +556,16 @@ def _train(config: TrainConfig, *, run_dir: Path, resume: bool, overwrite: bool,
             if fired:
                 end = epoch
             if epoch % config.checkpoint_every == 0 or epoch == end:
-                save_checkpoint(ckpt_path, {
-                    "epoch": epoch,
-                    "elapsed_s": elapsed + time.perf_counter() - t_session,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "batch_rng": batches.get_state(),
-                    "stop": stopper.state(),
-                }, config_hash=config.config_hash())
+                write_checkpoint(ckpt_path, config, epoch=epoch, elapsed=elapsed + time.perf_counter() - t_session,
+                                 model=model, optimizer=optimizer, batches=batches, stopper=stopper)
             bar.update(epoch, record, run_loss)
             if fired:
                 break
             if signals is not None and signals.signum is not None and epoch < end:
                 if epoch % config.checkpoint_every != 0:
-                    save_checkpoint(ckpt_path, {
-                        "epoch": epoch,
-                        "elapsed_s": elapsed + time.perf_counter() - t_session,
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "batch_rng": batches.get_state(),
-                        "stop": stopper.state(),
-                    }, config_hash=config.config_hash())
+                    write_checkpoint(ckpt_path, config, epoch=epoch,
+                                     elapsed=elapsed + time.perf_counter() - t_session, model=model,
+                                     optimizer=optimizer, batches=batches, stopper=stopper)
                 status = "interrupted"
                 message = (f"interrupted by {signals.name} after epoch {epoch} of {config.epochs}; checkpoint "
                            f"saved in {ckpt_path}; resume with --resume --run-dir {run_dir}")

@@ -52,7 +52,7 @@ from nclab.models import build_model
 from nclab.seeding import torch_generator
 from nclab.store.files import append_jsonl, atomic_write_json, read_jsonl, truncate_jsonl
 from nclab.train import rundir
-from nclab.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from nclab.train.checkpoint import CheckpointError
 from nclab.train.config import TrainConfig
 from nclab.train.loop import (
     RunData,
@@ -66,7 +66,9 @@ from nclab.train.loop import (
     make_optimizer,
     prepare_data,
     resolve_device,
+    restore_checkpoint,
     save_features,
+    write_checkpoint,
 )
 from nclab.train.schedule import lr_at
 from nclab.train.stacked_model import StackedModel, StackedOptimizer, stacked_ce_ls_loss
@@ -147,15 +149,8 @@ def _open_member(config: TrainConfig, run_dir: Path, *, resume: bool, overwrite:
         start, elapsed, sessions = 0, 0.0, []
         ckpt = run_dir / rundir.CHECKPOINT
         if resuming and ckpt.exists():
-            state = load_checkpoint(ckpt, config_hash=config.config_hash())
-            try:
-                model.load_state_dict(state["model"])
-                optimizer.load_state_dict(state["optimizer"])
-                batches.set_state(state["batch_rng"])
-                start, elapsed = int(state["epoch"]), float(state["elapsed_s"])
-                stopper.load(state.get("stop"))
-            except (KeyError, RuntimeError, ValueError) as exc:
-                raise CheckpointError(f"checkpoint {ckpt} does not fit this model/optimizer: {exc}") from None
+            start, elapsed = restore_checkpoint(ckpt, config, model=model, optimizer=optimizer, batches=batches,
+                                                stopper=stopper)
             if (run_dir / rundir.NOISE).exists():
                 _check_noise_file(run_dir / rundir.NOISE, data.noise_arrays)
             with contextlib.suppress(OSError, ValueError):
@@ -289,14 +284,8 @@ class _Stack:
 
 
 def _checkpoint(m: _Member, epoch: int) -> None:
-    save_checkpoint(m.ckpt, {
-        "epoch": epoch,
-        "elapsed_s": m.elapsed + time.perf_counter() - m.t_session,
-        "model": m.model.state_dict(),
-        "optimizer": m.optimizer.state_dict(),
-        "batch_rng": m.batches.get_state(),
-        "stop": m.stopper.state(),
-    }, config_hash=m.config.config_hash())
+    write_checkpoint(m.ckpt, m.config, epoch=epoch, elapsed=m.elapsed + time.perf_counter() - m.t_session,
+                     model=m.model, optimizer=m.optimizer, batches=m.batches, stopper=m.stopper)
 
 
 def _result(m: _Member) -> RunResult:
