@@ -84,7 +84,14 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="nclab-soak-"))
     cfg = root / "config.yaml"
     cfg.write_text(json.dumps({**CONFIG, "epochs": args.epochs}))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # a frozen copy of the package: edits to the working tree during the soak must not change the runs
+    import shutil
+
+    import nclab
+
+    shutil.copytree(Path(nclab.__file__).parent, root / "src" / "nclab",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root / "src")}
 
     # the first command warms the page cache (imports); the second, timed one sets the kill window
     ref_dir = root / "ref"
@@ -140,8 +147,6 @@ def main() -> int:
         print(f"survived {kills} kills ({in_run} of them inside the training loop): all {chains} chains "
               f"resumed and ended identical to the uninterrupted run ({elapsed:.0f} s)")
     if not args.keep:
-        import shutil
-
         shutil.rmtree(root, ignore_errors=True)
     return 1 if failures else 0
 
