@@ -295,3 +295,13 @@ def test_threads_set_per_run_and_recorded(tmp_path):
     env = json.loads((r.run_dir / "env.json").read_text())
     assert env["threads"]["torch_threads"] == 1 and env["sessions"][-1]["torch_threads"] == 1
     assert env["threads"]["torch_version"] == torch.__version__
+
+
+def test_classifier_without_bias_stacks_and_saves_no_b(tmp_path, float64):
+    c = cfg(seed=4, model={"classifier_bias": False})
+    (r,) = train_stack([c], run_dirs=[tmp_path / "s"])
+    solo = train(c, run_dir=tmp_path / "o", progress=False)
+    assert_records_close(r.history, solo.history, tol=1e-9)
+    for d in ("s", "o"):
+        f = np.load(tmp_path / d / "features.npz")
+        assert "W" in f and "b" not in f

@@ -26,6 +26,7 @@ class SmallCNN(FeatureModel):
         width: int = 32,
         feature_dim: int = 64,
         batch_norm: bool = True,
+        classifier_bias: bool = True,
         activation: str = "relu",
     ):
         super().__init__()
@@ -46,4 +47,4 @@ class SmallCNN(FeatureModel):
         layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, feature_dim), make_activation(activation)]
         self.body = nn.Sequential(*layers)
         self.feature_dim = feature_dim
-        self.classifier = nn.Linear(feature_dim, num_classes)
+        self.classifier = nn.Linear(feature_dim, num_classes, bias=classifier_bias)

@@ -33,7 +33,8 @@ class MLP(FeatureModel):
     Then ``classifier = Linear(feature_dim, num_classes)`` gives logits ``W h + b``.
     With ReLU the features are non-negative, and for a binary task they are 2-D,
     as in the paper's figures. ``depth = 1`` is a single block from the input to
-    the features.
+    the features. ``classifier_bias=False`` drops ``b`` (logits ``W h``), the setting in which
+    a dead class is no minimum of the positive unconstrained-features model.
     """
 
     def __init__(
@@ -46,6 +47,7 @@ class MLP(FeatureModel):
         feature_dim: int | None = None,
         batch_norm: bool = True,
         activation: str = "relu",
+        classifier_bias: bool = True,
     ):
         super().__init__()
         if depth < 1:
@@ -65,4 +67,4 @@ class MLP(FeatureModel):
             layers.append(make_activation(activation))
         self.body = nn.Sequential(*layers)
         self.feature_dim = feature_dim
-        self.classifier = nn.Linear(feature_dim, num_classes)
+        self.classifier = nn.Linear(feature_dim, num_classes, bias=classifier_bias)

@@ -37,7 +37,8 @@ class ResNet18(FeatureModel):
     ``round(512 k)``), and ``classifier`` maps them to logits.
     """
 
-    def __init__(self, *, input_shape: tuple[int, ...], num_classes: int, width_multiplier: float = 1.0):
+    def __init__(self, *, input_shape: tuple[int, ...], num_classes: int, width_multiplier: float = 1.0,
+                 classifier_bias: bool = True):
         super().__init__()
         if len(input_shape) != 3:
             raise ValueError(f"resnet18 needs image inputs (C, H, W); got input_shape {tuple(input_shape)}")
@@ -58,7 +59,7 @@ class ResNet18(FeatureModel):
         self.stages = nn.Sequential(*blocks)
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.feature_dim = c_in
-        self.classifier = nn.Linear(c_in, num_classes)
+        self.classifier = nn.Linear(c_in, num_classes, bias=classifier_bias)
 
     def features(self, x: Tensor) -> Tensor:
         """The pooled output of the last stage."""

@@ -148,6 +148,7 @@ class ModelConfig(StrictModel):
     activation: str = "relu"
     channels: int = 32  # cnn: channels of the first stage (the second has 2x)
     width_multiplier: float = 1.0
+    classifier_bias: bool = True  # false: logits W h without b (mlp, cnn, resnet18)
 
     @field_validator("name")
     @classmethod
@@ -179,14 +180,15 @@ class ModelConfig(StrictModel):
         """Keyword options for ``build_model`` for this architecture."""
         if self.name == "mlp":
             return dict(depth=self.depth, width=self.width, feature_dim=self.feature_dim,
-                        batch_norm=self.batch_norm, activation=self.activation)
+                        batch_norm=self.batch_norm, activation=self.activation, classifier_bias=self.classifier_bias)
         if self.name == "cnn":
-            opts = dict(width=self.channels, batch_norm=self.batch_norm, activation=self.activation)
+            opts = dict(width=self.channels, batch_norm=self.batch_norm, activation=self.activation,
+                        classifier_bias=self.classifier_bias)
             if self.feature_dim is not None:
                 opts["feature_dim"] = self.feature_dim
             return opts
         if self.name == "resnet18":
-            return dict(width_multiplier=self.width_multiplier)
+            return dict(width_multiplier=self.width_multiplier, classifier_bias=self.classifier_bias)
         return {}  # a model registered with nclab.models.register_model: options bound in its factory
 
 
