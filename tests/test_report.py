@@ -218,3 +218,30 @@ def test_study_report_leaves_out_search_trials(tmp_path):
     st.complete("trial", o, {"test_acc": 0.5, "train_acc_noisy": 1.0})
     rep = build_report(tmp_path / "s")
     assert rep.summary["runs"]["completed"] == 14 and "trial" not in {e["hash"] for e in rep.summary["excluded_runs"]}
+
+
+def test_no_bias_runs_are_their_own_variant_and_feed_h3_nobias(tmp_path):
+    from nclab.report import build_report
+
+    st = _fabricate(tmp_path / "s", seeds=5)
+    o = Owner()
+    yc = np.repeat([0, 1], 50)
+    rng = np.random.default_rng(2)
+    for seed in range(5):
+        for loss in ("ce", "ls"):
+            h = f"nobias-{loss}-{seed}"
+            cfg = {"seed": seed, "dataset": {"name": "digits", "classes": 2}, "loss": {"name": loss},
+                   "model": {"classifier_bias": False}, "noise": {"kind": "symmetric_all", "rate": 0.0},
+                   "stop": {"train_acc": 0.999, "patience": 100}}
+            _put(st, o, h, cfg, {"test_acc": 0.99, "train_acc_noisy": 1.0, "terminal_epoch": 1, "stop_reason": "terminal",
+                                 "train.dilation_normalized": 0.1})
+            d = st.run_dir(h)
+            d.mkdir(parents=True, exist_ok=True)
+            x = np.abs(np.eye(2)[yc] * 3 + rng.normal(size=(100, 2)) * 0.05)
+            np.savez(d / "features.npz", features=x, labels=yc, clean_labels=yc, W=np.eye(2))  # no b: no bias
+    rep = build_report(tmp_path / "s")
+    claims = {c["id"]: c for c in rep.summary["claims"]}
+    assert claims["H3-nobias"]["verdict"] == "held" and claims["H3-nobias"]["estimate"] == 1.0
+    assert claims["H2-dilation"]["n_pairs"] == 20  # the no-bias runs are not paired with the main ones
+    assert any(c["variant"] == "nobias" and c["runs"] == 5 for c in rep.summary["cells"])
+    assert "Classifier without bias" in rep.markdown.read_text()

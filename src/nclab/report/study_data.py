@@ -2,7 +2,9 @@
 
 A *cell* is ``(dataset, variant, loss, noise rate)``. ``dataset`` is the dataset name, with
 ``-<N>c`` appended when the task has ``N != 2`` classes (the 10-class Fashion-MNIST cell is
-``fashion-mnist-10c``); ``variant`` is ``"main"`` or ``"latent"``. Aggregates are mean and
+``fashion-mnist-10c``); ``variant`` is ``"main"``, ``"latent"`` (latent-class noise) or
+``"nobias"`` (a classifier without bias, ``model.classifier_bias: false``). H1/H2 use the
+main variant; H3 uses the noise-free runs of main and nobias, split by bias. Aggregates are mean and
 sample std (ddof=1) over seeds.
 
 Eligibility (which runs enter the verdicts; see ``docs/method.md``):
@@ -128,7 +130,8 @@ def load_records(store: RunStore | str | Path, *, sweep: str | None = None) -> l
             "hash": row["hash"],
             "dataset": name if n_cls in (None, 2) else f"{name}-{n_cls}c",
             "classes": n_cls,
-            "variant": "latent" if float(noise.get("latent_fraction") or 0) > 0 else "main",
+            "variant": ("latent" if float(noise.get("latent_fraction") or 0) > 0
+                        else "nobias" if (cfg.get("model") or {}).get("classifier_bias") is False else "main"),
             "loss": (cfg.get("loss") or {}).get("name", "?"),
             "rate": float(noise.get("rate") or 0.0),
             "noise_kind": noise.get("kind"),
@@ -296,8 +299,9 @@ def decide_claims(records: list[dict[str, Any]], *, seed: int = 0) -> list[Any]:
                        cells=noisy),
         V.slope_difference_claim("H2-slope", STATEMENTS["H2-slope"], rows, x="memorization", y="dilation", rng=rng),
     ]
+    clean = [r for r in eligible(records) if r["variant"] in ("main", "nobias") and r["rate"] == 0]
     for cid, want in (("H3-bias", True), ("H3-nobias", False)):
-        runs = [r for r in rows if r["rate"] == 0 and r.get("frame") is not None and bool(r.get("bias")) == want]
+        runs = [r for r in clean if r.get("frame") is not None and bool(r.get("bias")) == want]
         k = sum(r["frame"] == FRAME for r in runs)
         cells = geometry_counts([r for r in records if r["rate"] == 0 and bool(r.get("bias")) == want])
         reason = ("no noise-free runs with saved features" + (" and a classifier bias" if want else " without a classifier bias")

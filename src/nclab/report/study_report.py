@@ -333,12 +333,13 @@ def build_report(store_dir: str | Path, *, out_dir: str | Path | None = None, sw
                 + f"<figcaption>{html.escape(cap)}</figcaption></figure>")
             figures += [p for p, _, _, _ in panels]
         ds_metrics = [m for m in tab_metrics if any(r.get(m) is not None for r in plotted if r["dataset"] == ds)]
-        for variant in ("main", "latent"):
+        for variant in ("main", "nobias", "latent"):
             head, rows = _table(plotted, ds, variant, ds_metrics)
             if not rows:
                 continue
-            title = ("All numbers (mean ± std over seeds, eligible runs)" if variant == "main"
-                     else "Latent-class variant (mean ± std over seeds)")
+            title = {"main": "All numbers (mean ± std over seeds, eligible runs)",
+                     "nobias": "Classifier without bias (mean ± std over seeds, eligible runs)",
+                     "latent": "Latent-class variant (mean ± std over seeds)"}[variant]
             md += [f"### {title}", "", _md_table(head, rows), ""]
             hb += [f"<h3>{html.escape(title)}</h3>", _html_table(head, rows)]
 
