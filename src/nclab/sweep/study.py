@@ -227,6 +227,15 @@ def plan_study(
         if rates_here:
             specs.append(SweepSpec(name=f"md-{scale}-{ds}", base=base, seeds=seed_list,
                                    grid={"loss.name": ["ce", "ls"], "noise.rate": rates_here}))
+    if scale == "small" and not tiny and 0.0 in rates:
+        # H3 with and without a classifier bias: with a free bias a dead class is a global minimum
+        # of the positive unconstrained-features model, without one it is not a minimum at all
+        for ds in chosen:
+            nb = _base(scale, ds, data_dir=dd, device=device, tiny=tiny)
+            nb["stop"]["patience"] = CLEAN_PATIENCE
+            nb["model"]["classifier_bias"] = False
+            specs.append(SweepSpec(name=f"md-{scale}-{ds}-nobias", base=nb, seeds=seed_list,
+                                   grid={"loss.name": ["ce", "ls"], "noise.rate": [0.0]}))
     if multiclass is None:
         multiclass = scale == "small" and not tiny and "fashion-mnist" in chosen
     if multiclass:
