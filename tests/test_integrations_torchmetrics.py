@@ -185,3 +185,25 @@ def test_real_gloo_process_group(tmp_path):
     got = torch.load(path)
     x, y, yc, lin = _data()
     _assert_close(got, _reference(x, y, yc, lin))
+
+
+def test_float32_rank_deficient_features_use_float32_tolerance():
+    """Features whose class means span 5 of 64 dimensions (C = 10), in float32: the metric's
+    numerical rank follows the input precision, as nc_metrics' does."""
+    import warnings
+
+    from nclab.integrations.torchmetrics import NeuralCollapse
+    from nclab.metrics import nc_metrics
+
+    g = torch.Generator().manual_seed(0)
+    C, d, n = 10, 64, 2000
+    codes, A = torch.randn(C, 5, generator=g), torch.randn(5, d, generator=g)
+    y = torch.arange(n) % C
+    x = ((codes[y] + 0.3 * torch.randn(n, 5, generator=g)) @ A).float()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        m = NeuralCollapse(C, feature_dim=d)
+        m.update(x, y)
+        got = float(m.compute()["nc1"])
+        ref = nc_metrics(x, y, num_classes=C).values["nc1"]
+    assert got == pytest.approx(ref, rel=1e-6)

@@ -45,7 +45,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
 
-from nclab.metrics.accumulator import NCAccumulator
+from nclab.metrics.accumulator import NCAccumulator, input_eps
 from nclab.metrics.calibration import CalibrationState
 from nclab.metrics.conventions import DEFAULT_CONVENTION, Convention, get_convention
 from nclab.metrics.validation import as_tensor, check_classifier, check_features, check_labels, check_num_classes
@@ -176,6 +176,9 @@ class NeuralCollapse(Metric):
             ("n_with_clean", ()), ("n_with_logits", ()), ("n_mislabeled", ()), ("n_correct_clean", ()),
         ):
             self.add_state(name, zeros(*shape), dist_reduce_fx="sum", persistent=True)
+        # round-off of the input dtypes seen (float32 data -> float32-scale numerical rank in NC1)
+        self.add_state("eps_features", zeros(), dist_reduce_fx="max", persistent=True)
+        self.add_state("eps_logits", zeros(), dist_reduce_fx="max", persistent=True)
 
     # ------------------------------------------------------------------ helpers
     def _classifier_now(self, device: torch.device) -> tuple[Tensor | None, Tensor | None]:
@@ -194,7 +197,8 @@ class NeuralCollapse(Metric):
         ``clean_labels`` (b; gives ``accuracy_clean`` and ``realized_noise_rate``) and
         ``logits`` (b×C; otherwise formed from the classifier when there is one)."""
         dev = self.feature_moments.device
-        x = check_features(as_tensor(features, name="features", device=dev), name="features", dim=self.feature_dim)
+        x_in = as_tensor(features, name="features", device=dev)  # the input dtype sets the rank tolerance
+        x = check_features(x_in, name="features", dim=self.feature_dim)
         n = x.shape[0]
         C = self.num_classes
         y = check_labels(as_tensor(labels, name="labels", device=dev), n=n, num_classes=C)
@@ -205,12 +209,16 @@ class NeuralCollapse(Metric):
             yc = check_labels(as_tensor(clean_labels, name="clean_labels", device=dev), n=n, num_classes=C,
                               name="clean_labels")
         if logits is not None:
-            z = check_features(as_tensor(logits, name="logits", device=dev), name="logits")
+            z_in = as_tensor(logits, name="logits", device=dev)
+            z = check_features(z_in, name="logits")
             if z.shape != (n, C):
                 raise ValueError(f"logits must have shape ({n}, {C}); got {tuple(z.shape)}")
         else:
             W, b = self._classifier_now(dev)
             z = None if W is None else x @ W.T + (b if b is not None else 0.0)
+        self.eps_features.fill_(max(float(self.eps_features), input_eps(x_in.dtype)))
+        if logits is not None:
+            self.eps_logits.fill_(max(float(self.eps_logits), input_eps(z_in.dtype)))
         _moments_view(self.feature_moments, C, self.feature_dim).update(x, y)
         if z is not None:
             _moments_view(self.logit_moments, C, C).update(z, y)
@@ -242,6 +250,8 @@ class NeuralCollapse(Metric):
         for what, seen in (("clean_labels", float(self.n_with_clean)), ("logits", float(self.n_with_logits))):
             if seen not in (0.0, n):
                 raise ValueError(f"{what} were given for some batches but not for others")
+        acc._eps_x = float(self.eps_features) or None
+        acc._eps_z = float(self.eps_logits) or None
         acc._has_clean = float(self.n_with_clean) > 0
         acc._has_logits = float(self.n_with_logits) > 0
         if acc._has_logits:

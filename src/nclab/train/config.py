@@ -299,7 +299,7 @@ class TrainConfig(StrictModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     convention: str = "zhu2021"
     save_features: bool = True  # final train features/labels/classifier -> features.npz (nclab metrics reads it)
-    record_dynamics: bool = False  # per-sample train logit margins at each evaluation -> dynamics/ (nclab detect)
+    record_dynamics: bool = False  # per-sample train logit margins every epoch -> dynamics/ (nclab detect)
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
     noise: NoiseConfig = Field(default_factory=NoiseConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
