@@ -3,9 +3,11 @@
 Each chain trains one small run (``python -m nclab train ... --run-dir D``, then ``--resume``
 after every kill) until it completes; the chain's final ``metrics.jsonl`` (timing keys
 dropped), checkpoint weights, ``features.npz`` and ``dynamics/`` must equal those of one
-uninterrupted run. Kill moments are uniform over the length of an uninterrupted command,
-interpreter start-up included, so kills land in imports, data preparation, training,
-evaluation, checkpoint writes and the final files alike.
+uninterrupted run. Half the kill moments are uniform over the length of an uninterrupted
+command, interpreter start-up included (imports, data preparation, training, final files);
+the other half are uniform over its training loop (from the moment the attempt's trainer
+writes ``status.json`` = running with its pid), where epochs, evaluations, appends and
+checkpoint writes happen. The runs use a frozen copy of the package.
 
 Run: ``python benchmarks/soak_kill.py [--kills 200] [--epochs 30] [--seed 0]``.
 Prints how many kills it survived (every chain resumed and ended identical), how many chains
@@ -97,13 +99,22 @@ def main() -> int:
     ref_dir = root / "ref"
     subprocess.run(command(cfg, ref_dir, resume=False), check=True, env=env, capture_output=True)
     t0 = time.monotonic()
-    subprocess.run(command(cfg, root / "ref2", resume=False), check=True, env=env, capture_output=True)
+    p = subprocess.Popen(command(cfg, root / "ref2", resume=False), env=env, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+    t_loop_start = None
+    while p.poll() is None:
+        if t_loop_start is None and in_training(root / "ref2", p.pid):
+            t_loop_start = time.monotonic()
+        time.sleep(0.01)
+    assert p.returncode == 0, "the uninterrupted command failed"
     t_run = time.monotonic() - t0
+    t_loop = time.monotonic() - (t_loop_start or t0)
     ref = fingerprint(ref_dir)
     if fingerprint(root / "ref2") != ref:
         print("two uninterrupted runs differ: the comparison below would be meaningless")
         return 1
-    print(f"uninterrupted command: {t_run:.2f} s; killing at uniform moments in [0, {1.1 * t_run:.2f}] s", flush=True)
+    print(f"uninterrupted command: {t_run:.2f} s, {t_loop:.2f} s of it in the training loop; half the kills at "
+          f"uniform moments of the command, half at uniform moments of the loop", flush=True)
 
     kills = chains = failures = in_run = 0
     start = time.monotonic()
@@ -116,7 +127,12 @@ def main() -> int:
             p = subprocess.Popen(command(cfg, d, resume=resume), env=env,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             try:
-                p.wait(timeout=rng.uniform(0.0, 1.1 * t_run))
+                if rng.random() < 0.5:  # anywhere: start-up, data, training, checkpoints, final files
+                    p.wait(timeout=rng.uniform(0.0, 1.1 * t_run))
+                else:  # inside the training loop (start-up dominates the command's length)
+                    while p.poll() is None and not in_training(d, p.pid):
+                        time.sleep(0.005)
+                    p.wait(timeout=rng.uniform(0.0, 1.1 * t_loop))
             except BaseException as exc:  # the kill moment (or Ctrl-C on the soak itself)
                 if not isinstance(exc, subprocess.TimeoutExpired):
                     p.kill()
