@@ -124,6 +124,7 @@ def _io_fail(exc: BaseException, what: str) -> None:
 def _print_summary(summary: Any, store: Any) -> None:
     typer.echo(
         f"{summary.total} runs: {summary.completed} completed now, {summary.already_done} already done, "
+        f"{summary.diverged + summary.already_diverged} diverged, "
         f"{summary.failed} failed now, {summary.skipped_failed} failed earlier (not retried), "
         f"{summary.elsewhere} running in another sweep; {summary.reclaimed} reclaimed from dead sweeps; "
         f"wall {summary.wall:.1f}s"

@@ -171,7 +171,11 @@ def register(app: typer.Typer) -> None:
         from nclab.theory.md_model import best_alpha_by_eta, dm_slopes, md_grid, md_sweep
 
         losses: list[tuple[str, float | None]] = [("ce", None)]
-        losses += [("ls", a) for a in _floats(alphas, name="alphas") if a > 0]
+        alpha_values = _floats(alphas, name="alphas")
+        bad = [a for a in alpha_values if not 0.0 <= a < 1.0]
+        if bad:
+            fail(f"--alphas: label smoothing alpha must lie in [0, 1); got {', '.join(f'{a:g}' for a in bad)}")
+        losses += [("ls", a) for a in alpha_values if a > 0]  # alpha 0 is CE, which is always included
         for spec in extra_loss:
             name, _, val = spec.partition(":")
             losses.append((name, float(val) if val else None))

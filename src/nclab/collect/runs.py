@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from nclab.train.checkpoint import MAGIC as CKPT_MAGIC, load_checkpoint
 from torch import nn
 
 __all__ = ["LoadedRun", "load_run", "load_user_model"]
@@ -79,7 +81,11 @@ def load_user_model(checkpoint: str | Path, class_path: str, *, kwargs: dict[str
     if not isinstance(model, nn.Module):
         raise TypeError(f"{class_path} did not build a torch.nn.Module (got {type(model).__name__})")
     try:
-        state = torch.load(Path(checkpoint), map_location="cpu", weights_only=True)
+        with open(checkpoint, "rb") as fh:
+            is_nclab = fh.read(len(CKPT_MAGIC)) == CKPT_MAGIC
+        # nclab's own checkpoints (record line + archive) through their checked reader
+        state = load_checkpoint(checkpoint) if is_nclab else torch.load(Path(checkpoint), map_location="cpu",
+                                                                         weights_only=True)
     except FileNotFoundError:
         raise
     except Exception as exc:

@@ -43,9 +43,11 @@ class SweepSummary:
     """What one call to :func:`run_sweep` did and saw."""
 
     total: int
-    completed: int = 0  # completed by this call
+    completed: int = 0  # completed by this call (trained to the end; diverged runs are counted apart)
+    diverged: int = 0  # ended by divergence in this call (recorded, never counted as completed)
     failed: int = 0  # failed in this call
     already_done: int = 0  # completed before this call started
+    already_diverged: int = 0  # diverged before this call started
     skipped_failed: int = 0  # failed earlier and not retried
     elsewhere: int = 0  # still running under another live driver when this call ended
     reclaimed: int = 0  # taken back from dead owners
@@ -124,6 +126,7 @@ def run_sweep(
     summary.reclaimed = len(set(store.reclaim_stale()) & set(hashes))
     status = store.status_of(hashes)
     summary.already_done = sum(1 for h in hashes if status.get(h) == "completed")
+    summary.already_diverged = sum(1 for h in hashes if status.get(h) == "diverged")
     summary.skipped_failed = sum(1 for h in hashes if status.get(h) == "failed")
     def units_of(hs: Iterable[str]) -> list[list[str]]:
         hs = list(hs)
@@ -201,8 +204,12 @@ def run_sweep(
                 for h, env in zip(hs, envs):
                     name = _f(by_hash[h], "name")
                     if env.get("ok"):
-                        if store.complete(h, owner, env["final"], outcome=env.get("outcome", "completed")):
-                            summary.completed += 1
+                        outcome = env.get("outcome", "completed")
+                        if store.complete(h, owner, env["final"], outcome=outcome):
+                            if outcome == "diverged":
+                                summary.diverged += 1
+                            else:
+                                summary.completed += 1
                             summary.durations.append(dt)
                             summary.finals[h] = env["final"]
                             emit("completed", hash=h, name=name, duration=dt)
@@ -235,7 +242,8 @@ def _f(obj: Any, name: str) -> Any:
 def _counts(summary: SweepSummary, inflight: dict, elsewhere: set) -> dict[str, int]:
     return {
         "total": summary.total,
-        "done": summary.already_done + summary.completed,
+        "done": summary.already_done + summary.completed + summary.diverged + summary.already_diverged,
+        "diverged": summary.diverged + summary.already_diverged,
         "failed": summary.failed + summary.skipped_failed,
         "running": sum(len(v[0]) for v in inflight.values()),
         "elsewhere": len(elsewhere),

@@ -108,6 +108,13 @@ class SweepSpec(StrictModel):
     random: RandomSpec | None = None
     seeds: list[int] = Field(default_factory=list)
 
+    @field_validator("name")
+    @classmethod
+    def _one_component(cls, name: str) -> str:
+        if set(name) == {"."}:  # "." and ".." would name a folder outside the store's sweeps
+            raise ValueError(f"sweep name {name!r} is not a folder name; use letters, digits, _ . -")
+        return name
+
     @field_validator("grid")
     @classmethod
     def _grid_nonempty(cls, grid: dict[str, list[Any]]) -> dict[str, list[Any]]:
