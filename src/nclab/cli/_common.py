@@ -82,8 +82,9 @@ METRIC_GROUPS: list[tuple[str, tuple[str, ...]]] = [
     ("NC4 · nearest class centre", ("nc4_ncc_mismatch", "nc4_ncc_mismatch_bias", "nc4_ncc_mismatch_nobias", "nc4_bias_norm")),
     ("Classifier", ("accuracy", "accuracy_clean", "ece")),
     ("Label noise", (
-        "realized_noise_rate", "memorization", "memorization_normalized", "dilation", "dilation_std",
-        "dilation_normalized", "clean_centroid_distance", "noisy_centroid_projection",
+        "realized_noise_rate", "memorization", "memorization_std", "memorization_normalized", "dilation",
+        "dilation_std", "dilation_std_official", "dilation_normalized", "clean_centroid_distance",
+        "noisy_centroid_projection", "corruption_bias_mean",
     )),
 ]
 
