@@ -271,7 +271,10 @@ def _register_search(app: typer.Typer) -> None:
         except (ConfigError, ValueError, ImportError) as exc:
             _fail(str(exc))
         store = RunStore(store_dir)
-        ex = make_executor(executor, workers=workers, ray_address=ray_address)
+        try:
+            ex = make_executor(executor, workers=workers, ray_address=ray_address)
+        except (RuntimeError, ValueError) as exc:  # bad --workers, Ray missing
+            _fail(str(exc))
 
         def trial_line(t: dict) -> None:
             # one plain line per finished trial: progress that also reads well in a log file
@@ -339,7 +342,10 @@ def _register_study(app: typer.Typer) -> None:
                            f"seed={c['seed']} stop.train_acc={c['stop']['train_acc']} epochs={c['epochs']}")
             return
         store = _open_store(store_dir)
-        ex = make_executor(executor, workers=workers, ray_address=ray_address, num_gpus=num_gpus)
+        try:
+            ex = make_executor(executor, workers=workers, ray_address=ray_address, num_gpus=num_gpus)
+        except (RuntimeError, ValueError) as exc:  # bad --workers, Ray missing
+            _fail(str(exc))
         prog = SweepProgress(title=f"{study} ({scale})", enabled=not no_progress)
         with ex:
             summary = run_study(plan, store=store, executor=ex, on_event=prog, retry_failed=retry_failed, stack=stack)
