@@ -23,13 +23,13 @@ text counts how many predictions fall inside their interval. The figure goes to
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from nclab.report.study_data import _num
 from nclab.seeding import numpy_generator
 
 __all__ = ["section", "bootstrap_mean_ci", "run_points"]
@@ -38,16 +38,6 @@ QUANTITIES = (("memorization", "memorization M / centre distance"), ("dilation",
               ("test_error", "test error"))
 DEFAULT_LS_ALPHA = 0.1
 FIGURE = "model_vs_runs.png"
-
-
-def _num(v: Any) -> float | None:
-    if isinstance(v, bool) or v is None:
-        return None
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
 
 
 def _normalized(row: dict[str, Any], name: str) -> float | None:

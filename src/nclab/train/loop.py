@@ -248,6 +248,43 @@ def restore_checkpoint(path: Path, config: TrainConfig, *, model: nn.Module, opt
         raise CheckpointError(f"checkpoint {path} does not fit this model/optimizer: {exc}") from None
 
 
+def open_session(run_dir: Path, config: TrainConfig, *, device: torch.device, data: RunData, start: int,
+                 sessions: list[dict[str, Any]], resuming: bool, stack: dict[str, Any] | None = None) -> Any:
+    """The files a (solo or stacked) session writes before training: records after the
+    checkpoint epoch dropped, ``noise.npz``, ``env.json`` with this session (threads, builds,
+    stack), the dynamics folder; returns the dynamics recorder (or None)."""
+    metrics_path = run_dir / rundir.METRICS
+    truncate_jsonl(metrics_path, [r for r in read_jsonl(metrics_path) if r.get("epoch", 0) <= start])
+    rundir.save_npz(run_dir / rundir.NOISE, data.noise_arrays)
+    env = rundir.environment(config, device)
+    threads_now = thread_record()
+    if sessions and sessions[-1].get("torch_threads") not in (None, threads_now["torch_threads"]):
+        import warnings
+
+        warnings.warn(f"{run_dir}: resuming with {threads_now['torch_threads']} torch threads; the run so far used "
+                      f"{sessions[-1]['torch_threads']} (results depend on the thread count)", stacklevel=3)
+    env["threads"] = threads_now
+    session = {"start_epoch": start, "device": str(device), "hostname": env["hostname"],
+               "git_commit": env["git_commit"], "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+               "torch_threads": threads_now["torch_threads"]}
+    if stack is not None:
+        env["stack"] = stack
+        session["stack_size"] = stack["size"]
+    env["sessions"] = sessions + [session]
+    env["data"] = data.info
+    rundir.write_env(run_dir, env)
+    if not config.record_dynamics:
+        return None
+    from nclab.train.dynamics import DynamicsRecorder
+
+    recorder = DynamicsRecorder(run_dir)
+    if resuming:
+        recorder.truncate(after=start)  # epochs after the checkpoint are recomputed
+    else:
+        recorder.clear()
+    return recorder
+
+
 def _finite_params(model: nn.Module) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
@@ -473,31 +510,8 @@ def _train(config: TrainConfig, *, run_dir: Path, resume: bool, overwrite: bool,
             sessions = []
     else:
         rundir.write_config(run_dir, config)
-    kept = [r for r in read_jsonl(metrics_path) if r.get("epoch", 0) <= start]
-    truncate_jsonl(metrics_path, kept)
-    rundir.save_npz(noise_path, data.noise_arrays)
-    env = rundir.environment(config, device)
-    threads_now = thread_record()
-    if sessions and sessions[-1].get("torch_threads") not in (None, threads_now["torch_threads"]):
-        import warnings
-
-        warnings.warn(f"{run_dir}: resuming with {threads_now['torch_threads']} torch threads; the run so far used "
-                      f"{sessions[-1]['torch_threads']} (results depend on the thread count)", stacklevel=2)
-    env["threads"] = threads_now
-    env["sessions"] = sessions + [{"start_epoch": start, "device": str(device), "hostname": env["hostname"],
-                                   "git_commit": env["git_commit"], "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                   "torch_threads": threads_now["torch_threads"]}]
-    env["data"] = data.info
-    rundir.write_env(run_dir, env)
-    recorder = None
-    if config.record_dynamics:
-        from nclab.train.dynamics import DynamicsRecorder
-
-        recorder = DynamicsRecorder(run_dir)
-        if resuming:
-            recorder.truncate(after=start)  # epochs after the checkpoint are recomputed
-        else:
-            recorder.clear()
+    recorder = open_session(run_dir, config, device=device, data=data, start=start, sessions=sessions,
+                            resuming=resuming)
 
     end = config.epochs if max_epochs is None else min(config.epochs, max_epochs)
     if stopper.fired:

@@ -50,7 +50,7 @@ from nclab.config import ConfigError
 from nclab.losses import get_loss
 from nclab.models import build_model
 from nclab.seeding import torch_generator
-from nclab.store.files import append_jsonl, atomic_write_json, read_jsonl, truncate_jsonl
+from nclab.store.files import append_jsonl, atomic_write_json, read_jsonl
 from nclab.train import rundir
 from nclab.train.checkpoint import CheckpointError
 from nclab.train.config import TrainConfig
@@ -64,6 +64,7 @@ from nclab.train.loop import (
     _ordered,
     batch_bounds,
     make_optimizer,
+    open_session,
     prepare_data,
     resolve_device,
     restore_checkpoint,
@@ -73,7 +74,7 @@ from nclab.train.loop import (
 from nclab.train.schedule import lr_at
 from nclab.train.stacked_model import StackedModel, StackedOptimizer, stacked_ce_ls_loss
 from nclab.train.stop import StopTracker
-from nclab.train.threads import thread_record, thread_scope
+from nclab.train.threads import thread_scope
 
 __all__ = ["train_stack", "stack_key", "group_stacks"]
 
@@ -157,27 +158,8 @@ def _open_member(config: TrainConfig, run_dir: Path, *, resume: bool, overwrite:
                 sessions = list(json.loads((run_dir / rundir.ENV).read_text()).get("sessions", []))
         else:
             rundir.write_config(run_dir, config)
-        metrics_path = run_dir / rundir.METRICS
-        truncate_jsonl(metrics_path, [r for r in read_jsonl(metrics_path) if r.get("epoch", 0) <= start])
-        rundir.save_npz(run_dir / rundir.NOISE, data.noise_arrays)
-        env = rundir.environment(config, device)
-        threads_now = thread_record()
-        env["threads"] = threads_now
-        env["stack"] = stack_info
-        env["sessions"] = sessions + [{"start_epoch": start, "device": str(device), "hostname": env["hostname"],
-                                       "git_commit": env["git_commit"], "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                       "torch_threads": threads_now["torch_threads"], "stack_size": stack_info["size"]}]
-        env["data"] = data.info
-        rundir.write_env(run_dir, env)
-        recorder = None
-        if config.record_dynamics:
-            from nclab.train.dynamics import DynamicsRecorder
-
-            recorder = DynamicsRecorder(run_dir)
-            if resuming:
-                recorder.truncate(after=start)
-            else:
-                recorder.clear()
+        recorder = open_session(run_dir, config, device=device, data=data, start=start, sessions=sessions,
+                                resuming=resuming, stack=stack_info)
         end = config.epochs if max_epochs is None else min(config.epochs, max_epochs)
         if stopper.fired:
             end = start
