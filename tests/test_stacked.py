@@ -305,3 +305,32 @@ def test_classifier_without_bias_stacks_and_saves_no_b(tmp_path, float64):
     for d in ("s", "o"):
         f = np.load(tmp_path / d / "features.npz")
         assert "W" in f and "b" not in f
+
+
+@pytest.mark.parametrize("stacked", [False, True])
+def test_light_eval_mode_records_the_suite_only_at_the_end(tmp_path, stacked):
+    c = cfg(seed=1, epochs=4, eval_every=1, eval_mode="light", record_dynamics=True)
+    full = cfg(seed=1, epochs=4, eval_every=1, record_dynamics=True)
+    if stacked:
+        (r,) = train_stack([c], run_dirs=[tmp_path / "light"])
+        (f,) = train_stack([full], run_dirs=[tmp_path / "full"])
+    else:
+        r = train(c, run_dir=tmp_path / "light", progress=False)
+        f = train(full, run_dir=tmp_path / "full", progress=False)
+    assert [h["epoch"] for h in r.history] == [1, 2, 3, 4]
+    assert all("train.nc1" not in h and "test_acc" in h for h in r.history[:-1])  # losses/accuracies only
+    assert "train.nc1" in r.history[-1] and "train.memorization" in r.history[-1]
+    assert all("train.nc1" in h for h in f.history)
+    # the training itself is the same: the light run's final record equals the full run's
+    assert_records_close([r.history[-1]], [f.history[-1]], tol=0.0)
+    from nclab.train.dynamics import load_dynamics
+
+    assert len(load_dynamics(tmp_path / "light").epochs) == 4  # margins every epoch
+
+
+def test_light_eval_mode_gives_the_suite_to_a_terminal_stop(tmp_path):
+    c = cfg(seed=0, epochs=60, eval_every=1, eval_mode="light", model={"width": 64}, noise={"rate": 0.0},
+            stop={"train_acc": 0.97, "patience": 2})
+    r = train(c, run_dir=tmp_path / "r", progress=False)
+    assert r.final["stop_reason"] == "terminal" and r.epoch < 60
+    assert "train.nc1" in r.final and all("train.nc1" not in h for h in r.history[:-1])

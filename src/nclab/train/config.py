@@ -293,6 +293,10 @@ class TrainConfig(StrictModel):
     epochs: int = 20
     batch_size: int = 64
     eval_every: int = 1
+    # full: every evaluation runs the metric suite on train and test features; light: losses and
+    # accuracies only, the suite once at the end (final epoch or terminal stop) - with
+    # record_dynamics this keeps per-epoch bookkeeping to one forward pass
+    eval_mode: Literal["full", "light"] = "full"
     eval_batch_size: int = 1024
     checkpoint_every: int = 1
     threads: int = 1  # torch intra-op threads on CPU; results depend on it, so it is part of the run's identity

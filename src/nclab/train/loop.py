@@ -319,9 +319,12 @@ def save_features(path: Path, model: nn.Module, data: RunData, *, batch_size: in
     rundir.save_npz(path, arrays)
 
 
-def _evaluate(model: nn.Module, data: RunData, loss_fn: nn.Module, config: TrainConfig) -> dict[str, Any]:
+def _evaluate(model: nn.Module, data: RunData, loss_fn: nn.Module, config: TrainConfig, *,
+              final: bool = True) -> dict[str, Any]:
+    """One evaluation record; with ``eval_mode: light`` the metric suite runs only when ``final``."""
+    full = final or config.eval_mode == "full"
     kw = dict(loss_fn=loss_fn, num_classes=data.num_classes, label_to_class=data.label_to_class,
-              convention=config.convention, batch_size=config.eval_batch_size)
+              convention=config.convention, batch_size=config.eval_batch_size, metrics=full)
     tr = evaluate_split(model, data.x_train, data.y_train, clean_labels=data.clean_train,
                         metric_clean_labels=data.metric_clean_train, **kw)
     latent = data.num_classes != int(data.label_to_class.max()) + 1
@@ -336,10 +339,11 @@ def _evaluate(model: nn.Module, data: RunData, loss_fn: nn.Module, config: Train
         "test_acc": te["acc_clean"],  # predicted label mapped to its class (identity unless latent)
     }
     if data.x_val is not None:
-        va = evaluate_split(model, data.x_val, data.y_val, metrics=False, **kw)
+        va = evaluate_split(model, data.x_val, data.y_val, **{**kw, "metrics": False})
         rec["val_loss"], rec["val_acc_noisy"] = va["loss"], va["acc"]
-    rec.update({f"train.{k}": v for k, v in tr["metrics"].items()})
-    rec.update({f"test.{k}": v for k, v in te["metrics"].items()})
+    if full:
+        rec.update({f"train.{k}": v for k, v in tr["metrics"].items()})
+        rec.update({f"test.{k}": v for k, v in te["metrics"].items()})
     return rec
 
 
@@ -552,9 +556,11 @@ def _train(config: TrainConfig, *, run_dir: Path, resume: bool, overwrite: bool,
                 full_eval = fired
             if full_eval:
                 t1 = time.perf_counter()
-                ev = _evaluate(model, data, loss_fn, config)
+                ev = _evaluate(model, data, loss_fn, config, final=fired or epoch == config.epochs)
                 if stopper.active and not fired:
                     fired = stopper.update(epoch, float(ev["train_acc_noisy"]))
+                    if fired and config.eval_mode == "light":  # the run ends here: its record gets the suite
+                        ev = _evaluate(model, data, loss_fn, config, final=True)
                 eval_time = time.perf_counter() - t1 + dyn_time
                 record = {"epoch": epoch, "lr": lr,
                           "elapsed_s": elapsed + time.perf_counter() - t_session,

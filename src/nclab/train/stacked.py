@@ -414,7 +414,7 @@ def _run_stack(members: list[_Member], *, on_epoch: Any) -> None:
                 stack.export(k)
             if full_eval:
                 try:
-                    ev = _evaluate(m.model, m.data, m.loss_fn, m.config)
+                    ev = _evaluate(m.model, m.data, m.loss_fn, m.config, final=done or epoch == m.config.epochs)
                 except (ValueError, RuntimeError):
                     if _finite_logits(m.model, m.data.x_train, batch_size=m.config.eval_batch_size):
                         raise
@@ -425,6 +425,8 @@ def _run_stack(members: list[_Member], *, on_epoch: Any) -> None:
                     continue
                 if m.stopper.active and not fired:
                     fired = m.stopper.update(epoch, float(ev["train_acc_noisy"]))
+                    if fired and m.config.eval_mode == "light" and not (done or epoch == m.config.epochs):
+                        ev = _evaluate(m.model, m.data, m.loss_fn, m.config, final=True)  # the run ends here
                     done = done or fired
                 record = {"epoch": epoch, "lr": m.lr, "elapsed_s": m.elapsed + time.perf_counter() - m.t_session,
                           "epoch_time_s": epoch_time, "eval_time_s": time.perf_counter() - t1,
