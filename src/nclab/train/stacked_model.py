@@ -289,46 +289,32 @@ class StackedOptimizer:
         else:
             self._adam()
 
-    def _uniform(self) -> bool:
-        return all(bool((t == t[0]).all()) for t in (self.lr, self.momentum, self.weight_decay))
-
     def _sgd(self) -> None:
-        if self._uniform():
-            # one hyperparameter set for all members: torch's fused kernel (one pass over memory)
-            from torch.optim.sgd import sgd
+        # torch's fused SGD kernel on each member's slice, members grouped by hyperparameters: a
+        # member's update is exactly its solo optimizer's arithmetic, whatever the stack's size,
+        # composition or mix of learning rates (so a resumed or shrunken stack stays bit-identical)
+        from torch.optim.sgd import sgd
 
-            live = [(i, p) for i, p in enumerate(self.params) if p.grad is not None]
-            mom = float(self.momentum[0])
-            bufs = [self.state[i].get("momentum_buffer") for i, _ in live]
-            sgd([p for _, p in live], [p.grad for _, p in live], bufs, weight_decay=float(self.weight_decay[0]),
-                momentum=mom, lr=float(self.lr[0]), dampening=0.0, nesterov=self.nesterov, maximize=False, fused=True)
-            if mom != 0:
-                for (i, _), b in zip(live, bufs):
-                    self.state[i]["momentum_buffer"] = b
-            return
-        use_wd = bool((self.weight_decay != 0).any())
-        use_mom = bool((self.momentum != 0).any())
-        for i, (p, st) in enumerate(zip(self.params, self.state)):
-            g = p.grad
-            if g is None:
-                continue
-            if use_wd:
-                g.addcmul_(p, self._v("wd", i))
-            if use_mom:
-                m = self._v("momentum", i)
-                buf = st.get("momentum_buffer")
-                if buf is None:
-                    buf = st["momentum_buffer"] = g.clone()
-                else:
-                    buf.mul_(m).add_(g)
-                if self.nesterov:
-                    g.addcmul_(buf, m)
-                    upd = g
-                else:
-                    upd = buf
-            else:
-                upd = g
-            p.addcmul_(upd, self._v("lr", i))
+        live = [i for i, p in enumerate(self.params) if p.grad is not None]
+        groups: dict[tuple[float, float, float], list[int]] = {}
+        for k in range(self.lr.shape[0]):
+            key = (float(self.lr[k]), float(self.momentum[k]), float(self.weight_decay[k]))
+            groups.setdefault(key, []).append(k)
+        for (lr, mom, wd), members in groups.items():
+            ps: list[Tensor] = []
+            gs: list[Tensor] = []
+            bs: list[Tensor | None] = []
+            for i in live:
+                p, st = self.params[i], self.state[i]
+                if mom != 0 and "momentum_buffer" not in st:
+                    # zeros: m * 0 + g = g exactly, the solo optimizer's first step
+                    st["momentum_buffer"] = torch.zeros_like(p)
+                for k in members:
+                    ps.append(p[k])
+                    gs.append(p.grad[k])
+                    bs.append(st["momentum_buffer"][k] if mom != 0 else None)
+            sgd(ps, gs, bs, weight_decay=wd, momentum=mom, lr=lr, dampening=0.0, nesterov=self.nesterov,
+                maximize=False, fused=True)
 
     def _adam(self) -> None:
         b1, b2 = self.betas
