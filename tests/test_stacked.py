@@ -334,3 +334,10 @@ def test_light_eval_mode_gives_the_suite_to_a_terminal_stop(tmp_path):
     r = train(c, run_dir=tmp_path / "r", progress=False)
     assert r.final["stop_reason"] == "terminal" and r.epoch < 60
     assert "train.nc1" in r.final and all("train.nc1" not in h for h in r.history[:-1])
+
+
+def test_on_epoch_reports_the_index_into_configs(tmp_path):
+    configs = [cfg(seed=0, epochs=2), cfg(seed=1, epochs=3)]
+    seen: list[tuple[int, int]] = []
+    train_stack(configs, run_dirs=[tmp_path / "a", tmp_path / "b"], on_epoch=lambda k, e: seen.append((k, e)))
+    assert sorted(seen) == [(0, 1), (0, 2), (1, 1), (1, 2), (1, 3)]

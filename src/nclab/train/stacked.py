@@ -317,7 +317,7 @@ def train_stack(
     ``loggers[k]``: metric loggers of member k (as for :func:`nclab.train.train`).
     All configs must share :func:`stack_key`; members whose training sets differ in
     size (a stratified validation split on different noisy labels) are trained in
-    separate stacks. ``on_epoch(member_index, epoch)`` is called after each member
+    separate stacks. ``on_epoch(k, epoch)`` (k: the index into ``configs``) is called after each member
     epoch (progress). Returns one :class:`RunResult` per config, in order.
     """
     configs = list(configs)
@@ -359,7 +359,7 @@ def train_stack(
             for m in todo:
                 by_n.setdefault((m.data.x_train.shape, m.data.num_classes), []).append(m)
             for group in by_n.values():
-                _run_stack(group, on_epoch=on_epoch)
+                _run_stack(group, on_epoch=on_epoch, index={id(m): k for k, m in enumerate(members)})
         finally:
             for m in members:
                 if m.lock.held:
@@ -372,9 +372,8 @@ def train_stack(
     return [_result(m) for m in members]
 
 
-def _run_stack(members: list[_Member], *, on_epoch: Any) -> None:
+def _run_stack(members: list[_Member], *, on_epoch: Any, index: dict[int, int]) -> None:
     stack = _Stack(members)
-    index = {id(m): i for i, m in enumerate(members)}
     while stack.members:
         for m in stack.members:
             m.lr = lr_at(m.config.schedule, base_lr=m.config.optim.lr, epoch=m.epoch + 1, total_epochs=m.config.epochs)
