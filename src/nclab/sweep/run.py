@@ -8,7 +8,6 @@ with the new one.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 __all__ = ["train_run", "train_stack_run"]

@@ -129,7 +129,7 @@ class StackedModel:
         return self.forward_features(x)[0]
 
     def _mlp_forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        p, b = self.params, self.buffers
+        p = self.params
         h = x
         for kind, name, m in self.plan:
             if kind == "flatten":
@@ -240,8 +240,9 @@ def _bview(v: Tensor, like: Tensor) -> Tensor:
 
 class StackedOptimizer:
     """SGD (momentum, Nesterov, coupled L2 weight decay) or Adam over stacked parameters,
-    with per-member hyperparameters. The update rule is torch.optim's, written with
-    ``(K,)`` hyperparameter tensors::
+    with per-member hyperparameters. The update rule is torch.optim's; SGD runs torch's own
+    fused kernel on each member's slice (members grouped by hyperparameters), Adam is written
+    with ``(K,)`` hyperparameter tensors::
 
         SGD:  g += wd p;  buf = g (first step) or momentum buf + g;
               u = g + momentum buf (Nesterov) or buf;  p -= lr u
@@ -260,23 +261,12 @@ class StackedOptimizer:
         self.transposed = list(transposed) if transposed is not None else [False] * len(params)
         self.lr, self.momentum, self.weight_decay = lr.double(), momentum.double(), weight_decay.double()
         self.state: list[dict[str, Any]] = [{} for _ in params]
-        self._views: dict[tuple[str, int], Tensor] = {}
         k = params[0].shape[0]
         self.step_count = torch.zeros(k, dtype=torch.float64)  # Adam's t per member
 
     def set_lr(self, lr: Tensor) -> None:
         """Per-member learning rates for the next steps."""
         self.lr = lr.double()
-        self._views = {key: v for key, v in self._views.items() if key[0] != "lr"}
-
-    def _v(self, what: str, i: int) -> Tensor:
-        # (K,) hyperparameter as a broadcastable view in the parameter's dtype, built once
-        key = (what, i)
-        v = self._views.get(key)
-        if v is None:
-            src = {"lr": -self.lr, "momentum": self.momentum, "wd": self.weight_decay}[what]
-            v = self._views[key] = _bview(src, self.params[i]).to(self.params[i].device)
-        return v
 
     def zero_grad(self) -> None:
         for p in self.params:
@@ -386,7 +376,6 @@ class StackedOptimizer:
             for key in list(st):
                 st[key] = st[key].index_select(0, idx.to(st[key].device)).clone()
         self.lr, self.momentum, self.weight_decay = (t.index_select(0, idx) for t in (self.lr, self.momentum, self.weight_decay))
-        self._views = {}
         self.step_count = self.step_count.index_select(0, idx)
 
 
