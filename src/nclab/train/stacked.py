@@ -233,11 +233,16 @@ class _Stack:
         perms = torch.stack([torch.randperm(n, generator=m.batches).to(dev) for m in self.members])
         total = torch.zeros(len(self.members), dtype=torch.float64, device=dev)
         bs = self.members[0].config.batch_size
+        # the MLP with CE/LS losses takes the explicit (closed-form) backward
+        explicit = self.vector_loss and self.model.explicit_grad
         for s, e in batch_bounds(n, bs):
             idx = perms[:, s:e]
-            losses = self.loss(self.model(self.gather(idx)), self.y.gather(1, idx))
             self.optimizer.zero_grad()
-            losses.sum().backward()  # members are independent: d(sum)/d(theta_k) = d(L_k)/d(theta_k)
+            if explicit:
+                losses = self.model.loss_and_grad(self.gather(idx), self.y.gather(1, idx), self.alpha)
+            else:
+                losses = self.loss(self.model(self.gather(idx)), self.y.gather(1, idx))
+                losses.sum().backward()  # members are independent: d(sum)/d(theta_k) = d(L_k)/d(theta_k)
             self.optimizer.step()
             total += losses.detach().double() * (e - s)
         return total / n
