@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import json
 import os
 import time
@@ -197,6 +198,11 @@ class _Stack:
         xs = [m.data.x_train for m in self.members]
         self.shared_x = all(x is xs[0] or (x.shape == xs[0].shape and torch.equal(x, xs[0])) for x in xs[1:])
         self.x = xs[0] if self.shared_x else torch.stack(xs)
+        # rows as a 2-D table: index_select is ~4x faster than advanced indexing here
+        self.input_shape = tuple(xs[0].shape[1:])
+        self.rows = self.x.reshape(-1, math.prod(self.input_shape)).contiguous()
+        self.row_offset = 0 if self.shared_x else (
+            torch.arange(len(xs), device=xs[0].device) * xs[0].shape[0]).unsqueeze(1)
         self.y = torch.stack([m.data.y_train for m in self.members])
         losses = [m.config.loss for m in self.members]
         self.vector_loss = all(lc.name in ("ce", "ls") for lc in losses)
@@ -214,10 +220,8 @@ class _Stack:
 
     def gather(self, idx: Tensor) -> Tensor:
         """Inputs ``(K, B, ...)`` for per-member row indices ``idx`` ``(K, B)``."""
-        if self.shared_x:
-            return self.x[idx]
-        ar = torch.arange(idx.shape[0], device=idx.device).unsqueeze(1)
-        return self.x[ar, idx]
+        rows = torch.index_select(self.rows, 0, (idx + self.row_offset).reshape(-1))
+        return rows.view(*idx.shape, *self.input_shape)
 
     def loss(self, logits: Tensor, y: Tensor) -> Tensor:
         """``(K,)`` per-member mean losses of one batch."""
