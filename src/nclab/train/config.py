@@ -387,7 +387,9 @@ class TrainConfig(StrictModel):
         return self.model_dump(mode="json")
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+        # libyaml's emitter when PyYAML was built with it (same text, ~4x faster: every run writes one)
+        dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+        return yaml.dump(self.to_dict(), Dumper=dumper, sort_keys=False)
 
     def config_hash(self) -> str:
         """sha256 of the canonical JSON of the resolved config (run identity)."""

@@ -21,6 +21,7 @@ holder's pid.
 from __future__ import annotations
 
 import errno
+import functools
 import fcntl
 import io
 import json
@@ -252,7 +253,9 @@ def write_config(run_dir: Path, config: TrainConfig) -> None:
     atomic_write_text(run_dir / CONFIG, config.to_yaml())
 
 
+@functools.lru_cache(maxsize=1)
 def _git_commit() -> str | None:
+    """The commit of the code this process imported (asked once: a sweep worker opens many runs)."""
     try:
         here = Path(__file__).resolve().parent
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
