@@ -241,10 +241,10 @@ class _Stack:
         explicit = self.vector_loss and self.model.explicit_grad
         for s, e in batch_bounds(n, bs):
             idx = perms[:, s:e]
-            self.optimizer.zero_grad()
-            if explicit:
+            if explicit:  # overwrites the gradients in place
                 losses = self.model.loss_and_grad(self.gather(idx), self.y.gather(1, idx), self.alpha)
             else:
+                self.optimizer.zero_grad()
                 losses = self.loss(self.model(self.gather(idx)), self.y.gather(1, idx))
                 losses.sum().backward()  # members are independent: d(sum)/d(theta_k) = d(L_k)/d(theta_k)
             self.optimizer.step()
