@@ -14,10 +14,16 @@ Workloads:
   (no early stop, so every case does the same work);
 * ``digits`` — 8 runs of a 3x256 MLP on binary digits (360 images).
 
-For each case: wall time, runs per hour, the ratio to ``sequential``, and the
-arithmetic limit: the FLOPs a run needs (2 per multiply-add: forward + 2x backward per
-training sample, one forward per sample for the per-epoch eval-mode pass) divided by the
-measured single-thread GEMM throughput of this machine (x2 for the two-process cases).
+For each case: wall time, runs per hour, the ratio to ``sequential``, and two limits:
+
+* the arithmetic limit: the FLOPs a run needs (2 per multiply-add: forward + 2x backward
+  per training sample, one forward per sample for the per-epoch eval-mode pass) divided by
+  the measured single-thread GEMM throughput of this machine (x2 for the two-process cases);
+* ``+opt``: that plus the time of the SGD-with-momentum update over a stack's state
+  (parameters, gradients and momentum buffers of K runs: K times a solo run's, so it
+  leaves the caches and is bound by memory bandwidth — batching cannot make it cheaper per
+  run), measured with torch's fused kernel at the stack's size. It is the better
+  estimate of what a stacked run can reach on this CPU.
 
     python benchmarks/bench_stacked.py [--workload small|digits|both] [--epochs 20] [--runs 8]
 """
@@ -79,6 +85,30 @@ def gemm_gflops(seconds: float = 1.0) -> float:
     return n * 2 * 256 * 784 * 256 / (time.perf_counter() - t0) / 1e9
 
 
+def run_params(config: dict, input_dim: int, n_classes: int) -> int:
+    """Trainable parameters of one run's MLP (weights, biases, BatchNorm scale and shift)."""
+    m = config["model"]
+    d = m.get("feature_dim") or n_classes
+    dims = [input_dim] + [m["width"]] * (m["depth"] - 1) + [d, n_classes]
+    return sum(a * b + b for a, b in zip(dims[:-1], dims[1:])) + 2 * sum(dims[1:-1])
+
+
+def optimizer_seconds(n_params: int, k: int, reps: int = 20) -> float:
+    """One SGD-with-momentum step over k runs' stacked state (parameters, gradients, momentum
+    buffers): torch's fused kernel, best of ``reps``. At these sizes it is bound by memory
+    traffic, so stacking cannot make it cheaper per run: the part of the limit batching leaves."""
+    from torch.optim.sgd import sgd
+
+    p, g, b = (torch.randn(k * n_params) for _ in range(3))
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        sgd([p], [g], [b], weight_decay=5e-4, momentum=0.9, lr=1e-3, dampening=0.0, nesterov=False,
+            maximize=False, fused=True)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
 def measure(workload: str, *, epochs: int, runs: int, stack: int) -> None:
     spec = spec_for(workload, epochs=epochs, runs=runs)
     rs = expand(spec)
@@ -88,15 +118,21 @@ def measure(workload: str, *, epochs: int, runs: int, stack: int) -> None:
     data = prepare_data(TrainConfig.model_validate(rs[0].config), torch.device("cpu"))
     flops = run_flops(rs[0].config, data.info["n_train"], math.prod(data.input_shape), data.num_classes)
     gf = gemm_gflops()
+    n_params = run_params(rs[0].config, math.prod(data.input_shape), data.num_classes)
+    steps = epochs * math.ceil(data.info["n_train"] / rs[0].config["batch_size"])
+    opt_s = optimizer_seconds(n_params, stack) * steps / stack  # per run, at the stack's size
     print(f"\n== {workload}: {len(rs)} runs x {epochs} epochs, n_train {data.info['n_train']}, "
           f"input {math.prod(data.input_shape)}, {flops / 1e9:.2f} GFLOP per run; GEMM {gf:.1f} GFLOP/s (1 thread), "
           f"load {os.getloadavg()[0]:.2f}")
+    print(f"   optimizer state traffic: {n_params:,} parameters per run, {steps} steps; the fused SGD step over "
+          f"a stack of {stack} costs {opt_s * 1e3:.0f} ms per run (memory-bound; GEMM alone {flops / gf / 1e6:.0f} ms)")
     cases = [("sequential", lambda: InlineExecutor(), None, 1),
              ("2 workers", lambda: LocalExecutor(2), None, 2),
              (f"stacked (1 process, stack {stack})", lambda: InlineExecutor(), stack, 1),
              (f"stacked x2 (2 processes, stack {max(2, stack // 2)})", lambda: LocalExecutor(2), max(2, stack // 2), 2)]
     base = None
-    print(f"{'case':44s} {'wall s':>8s} {'runs/h':>8s} {'vs seq':>7s} {'limit runs/h':>13s} {'of limit':>9s}")
+    print(f"{'case':44s} {'wall s':>8s} {'runs/h':>8s} {'vs seq':>7s} {'limit runs/h':>13s} {'of limit':>9s} "
+          f"{'+opt limit':>11s} {'of it':>6s}")
     for name, make, st, cores in cases:
         with tempfile.TemporaryDirectory() as tmp:
             store = RunStore(Path(tmp))
@@ -111,7 +147,11 @@ def measure(workload: str, *, epochs: int, runs: int, stack: int) -> None:
         rate = len(rs) / wall * 3600
         base = base or rate
         limit = cores * gf * 1e9 / flops * 3600
-        print(f"{name:44s} {wall:8.1f} {rate:8.0f} {rate / base:6.2f}x {limit:13.0f} {rate / limit:8.1%}")
+        # GEMMs at the measured throughput plus the stacked optimizer's memory traffic (not overlapped);
+        # two processes share one memory bus, so the traffic term is not divided by the cores
+        limit_opt = 3600 / (flops / (cores * gf * 1e9) + opt_s)
+        print(f"{name:44s} {wall:8.1f} {rate:8.0f} {rate / base:6.2f}x {limit:13.0f} {rate / limit:8.1%} "
+              f"{limit_opt:11.0f} {rate / limit_opt:6.1%}")
 
 
 def _warm(config: dict, run_dir: str) -> dict:
