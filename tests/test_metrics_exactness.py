@@ -297,4 +297,5 @@ def test_auto_chunk_rows_follows_cache_and_dimension():
     assert auto_chunk_rows(100_000, cache_bytes=1 << 20) == 256  # floor
     assert auto_chunk_rows(1, cache_bytes=1 << 30) == 8192  # ceiling
     assert auto_chunk_rows(512, cache_bytes=5 << 20) == 1024
-    assert group_rows(256) == 4096 and group_rows(8192) == 8192 and group_rows(1) == 16
+    assert group_rows(256) == 16384 and group_rows(8192) == 16384 and group_rows(1) == 64
+    assert group_rows(32768) == 32768  # never less than one chunk

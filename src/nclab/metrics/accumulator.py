@@ -79,6 +79,14 @@ PASS2_KEYS = (
     "noisy_centroid_projection_pairs",
 )
 
+# Pass-2 distances come from an expansion around the sample's own class mean (one GEMM for
+# all of them). Where the distance is tiny against the expansion's terms (a sample sitting on
+# a *different* centre, e.g. a mislabeled sample at its true class on collapsed features) the
+# expansion cancels; below this fraction of the terms' scale the distance is recomputed from
+# the features themselves (rows affected only: none on uncollapsed data). Left alone, the
+# relative error of a squared distance is at most ~√d·eps64/CANCEL_TOL ≈ 1e-10 at d = 512.
+CANCEL_TOL = 1e-4
+
 ETF_N2_NOTE = (
     "nc2_etf_error_means is None for C = 2: the two centred class means are always opposite "
     "(n_0 (μ_0 − μ_G) = −n_1 (μ_1 − μ_G)), so the error depends only on the label counts"
@@ -319,7 +327,9 @@ class NCAccumulator:
 
         Every pass-2 quantity is an exact function of the within-class deviation r and
         small C×C tables, so each term stays on the scale of the distances involved
-        (no ‖h‖² − 2⟨h, μ⟩ + ‖μ‖² cancellation on collapsed features):
+        (no ‖h‖² − 2⟨h, μ⟩ + ‖μ‖² cancellation on collapsed features; a distance to *another*
+        centre that is tiny against ‖r‖ and that centre's offset — a mislabeled sample sitting
+        at its true class — is recomputed from h, see ``CANCEL_TOL``):
         ``‖h − μ_c‖² = ‖r‖² − 2 r·(μ_c − μ_y) + ‖μ_c − μ_y‖²``,
         ``‖h − ν_k‖² = ‖r‖² + 2 r·(μ_y − ν_k) + ‖μ_y − ν_k‖²``, ``W h = W r + W μ_y``.
         In the projected mode the columns ``r·(μ_c − μ_G)`` are not in R: μ_c − μ_G lies in
@@ -343,6 +353,7 @@ class NCAccumulator:
         else:
             add("mu", (mu - g).T)
         t["d_mu"] = ((mu[:, None, :] - mu[None, :, :]) ** 2).sum(-1)  # C×C
+        t["mu_g_norm"] = torch.linalg.vector_norm(mu - g, dim=1)  # ‖μ_c − μ_G‖ (error scale)
         if self._weight is not None:
             add("w", self._weight.T)
             t["w_mu"] = mu @ self._weight.T  # C×C: row y = W μ_y
@@ -350,6 +361,7 @@ class NCAccumulator:
             nu = d["centroids"]
             add("nu", (nu - g).T)
             t["d_mu_nu"] = ((mu[:, None, :] - nu[None, :, :]) ** 2).sum(-1).reshape(-1)  # [y·C + k] = ‖μ_y − ν_k‖²
+            t["nu_g_norm"] = torch.linalg.vector_norm(nu - g, dim=1)  # ‖ν_k − μ_G‖ (error scale)
             # noisy-centroid projection of a sample of true class c given c' (flat index c'·C + c):
             # t = (r·(ν_c' − ν_c) + (μ_c' − ν_c)·(ν_c' − ν_c)) / ‖ν_c' − ν_c‖²
             dnu = nu[:, None, :] - nu[None, :, :]  # [c', c] = ν_c' − ν_c
@@ -410,14 +422,19 @@ class NCAccumulator:
         d, t = self._derived, self._pass2
         blk, C = t["blocks"], t["C"]
         self._pass2_n += x.shape[0]
-        b, dim = x.shape
+        b = x.shape[0]
         rhs = t["rhs"]
         G = self._buf("G", b, rhs.shape[1])
         rr = self._buf("rr", b, 1).view(-1)
+        # r = h − μ_y as one GEMM update with the one-hot label matrix: each entry of
+        # onehot @ μ has a single non-zero term, so it is μ_y exactly and r gets the one
+        # rounding of the plain subtraction, without a gathered b×d copy of the means
+        onehot = self._buf("onehot", b, C).zero_().scatter_(1, y[:, None], 1.0)
+        means = d["means"]
         for lo in range(0, b, heavy):  # the b×d work, in cache-sized chunks
             hi = min(b, lo + heavy)
             r = self._to64(x[lo:hi])
-            r -= torch.index_select(d["means"], 0, y[lo:hi], out=self._buf("mu_y", hi - lo, dim))
+            r.addmm_(onehot[lo:hi], means, alpha=-1.0)
             torch.linalg.vector_norm(r, dim=1, out=rr[lo:hi])
             torch.mm(r, rhs, out=G[lo:hi])
         rr.square_()
@@ -432,20 +449,21 @@ class NCAccumulator:
         Ay = A.gather(1, y[:, None]).squeeze(1)
         # argmin_c ‖h − μ_c‖² = argmin_c (‖μ_c − μ_y‖² − 2 r·(μ_c − μ_y)); ‖r‖² is common to the row
         score = t["d_mu"].index_select(0, y).sub_(A, alpha=2.0)
-        ncc_pred = score.argmin(dim=1)
+        ncc_pred = score.min(dim=1).indices  # the first minimal index, as argmin
         pred_b = pred_nb = None
         if "w" in blk:
             Gw = G[:, blk["w"]]  # W r
             lin = t["w_mu"].index_select(0, y).add_(Gw)  # W h
-            pred_nb = lin.argmax(dim=1)
+            # max(dim) gives the first maximal index like argmax, and is faster on short rows
+            top, pred_nb = lin.max(dim=1)
             if self._bias is not None:
                 lin += self._bias
-                pred_b = lin.argmax(dim=1)
+                top, pred_b = lin.max(dim=1)
             else:
                 pred_b = pred_nb
             if self._calib_in_pass2:
                 self._logit_gram += Gw.T @ Gw
-                self._calib.update(lin, y, yc)
+                self._calib.update(lin, y, yc, top=top, pred=pred_b)
         if z is not None:  # explicit logits decide the biased prediction
             pred_b = z.argmax(dim=1)
             if pred_nb is None and self._bias is None:
@@ -457,20 +475,47 @@ class NCAccumulator:
             By = B.gather(1, y[:, None]).squeeze(1)
             Byc = B.gather(1, yc[:, None]).squeeze(1)
             pair_given = y * C + yc  # [given, true]
-            dist_true = (rr + 2.0 * (Ay - Byc) + t["d_mu_nu"][pair_given]).clamp_min_(0.0).sqrt_()
+            d2 = rr + 2.0 * (Ay - Byc) + t["d_mu_nu"].index_select(0, pair_given)
+            scale = rr.sqrt() + t["mu_g_norm"].index_select(0, y) + t["nu_g_norm"].index_select(0, yc)
+            self._exact_where_cancelled(d2, scale, x, self._noise.centroids, yc, heavy)
+            dist_true = d2.clamp_min_(0.0).sqrt_()
             noisy = y != yc
-            proj = (By - Byc + t["proj_off"][pair_given]) / t["proj_den"][pair_given]
+            proj = (By - Byc + t["proj_off"].index_select(0, pair_given)) / t["proj_den"].index_select(0, pair_given)
             slot = torch.where(noisy, yc, yc + C)
             self._noise.update(slot, dist_true, yc * C + y, proj, noisy)
         if self.per_sample:
-            d2 = score.add_(rr[:, None]).sub_(Ay[:, None], alpha=-2.0).clamp_min_(0.0)
-            other = d2.scatter(1, y[:, None], float("inf")).min(dim=1).values
-            rec = {"dist_given_mean": rr.sqrt(), "dist_nearest_other_mean": other.sqrt(), "ncc_pred": ncc_pred}
+            d2 = score.add_(rr[:, None]).sub_(Ay[:, None], alpha=-2.0)
+            other, nearest = d2.scatter(1, y[:, None], float("inf")).min(dim=1)
+            scale = rr.sqrt() + t["mu_g_norm"].index_select(0, y) + t["mu_g_norm"].index_select(0, nearest)
+            self._exact_where_cancelled(other, scale, x, d["means"], nearest, heavy)
+            rec = {"dist_given_mean": rr.sqrt(), "dist_nearest_other_mean": other.clamp_min_(0.0).sqrt(),
+                   "ncc_pred": ncc_pred}
             if dist_true is not None:
                 rec["dist_true_centroid"] = dist_true
                 rec["memorization"] = torch.where(y != yc, dist_true, torch.full_like(dist_true, float("nan")))
             for k, v in rec.items():
                 self._samples.setdefault(k, []).append(v.cpu())
+
+    def _exact_where_cancelled(self, d2: torch.Tensor, scale: torch.Tensor, x: torch.Tensor, centres: torch.Tensor,
+                               cls: torch.Tensor, heavy: int) -> None:
+        """Replace, in place, the squared distances ``d2`` (from the expansion around μ_y) that
+        are below ``CANCEL_TOL · scale²`` by ``‖h − centres[cls]‖²`` formed from the features
+        directly (``heavy`` rows at a time, in scratch arrays); ``scale`` bounds the norms of the
+        expansion's terms (‖r‖ + ‖μ_y − μ_G‖ + ‖c − μ_G‖), so the rows kept have a relative
+        error of at most ~√d·eps64/CANCEL_TOL."""
+        bad = (d2 < CANCEL_TOL * scale * scale).nonzero().squeeze(1)
+        n_bad = bad.numel()
+        if n_bad == 0:
+            return
+        exact = self._buf("exact_d2", n_bad, 1).view(-1)
+        for lo in range(0, n_bad, heavy):
+            hi = min(n_bad, lo + heavy)
+            rows = bad[lo:hi]
+            h = self._buf("exact_h", hi - lo, x.shape[1])
+            h.copy_(x.index_select(0, rows))
+            h -= torch.index_select(centres, 0, cls.index_select(0, rows), out=self._buf("exact_c", hi - lo, x.shape[1]))
+            torch.linalg.vector_norm(h, dim=1, out=exact[lo:hi])
+        d2.index_copy_(0, bad, exact.square_())
 
     # ---------------------------------------------------------------- merge
     def merge(self, other: "NCAccumulator") -> None:

@@ -21,11 +21,23 @@ class CalibrationState:
         self.correct_clean = 0.0
         self.n_clean = 0
 
-    def update(self, logits: torch.Tensor, y: torch.Tensor, y_clean: torch.Tensor | None) -> None:
-        # max softmax probability = exp(max z − logsumexp z): one row reduction each, where
-        # torch's softmax over short rows (C ≈ 10) is several times slower
-        top, pred = logits.max(dim=1)
-        conf = torch.exp(top - torch.logsumexp(logits, dim=1))
+    def update(
+        self,
+        logits: torch.Tensor,
+        y: torch.Tensor,
+        y_clean: torch.Tensor | None,
+        *,
+        top: torch.Tensor | None = None,
+        pred: torch.Tensor | None = None,
+    ) -> None:
+        """Fold in a batch of logits; ``top``/``pred`` (the row maxima and their first index,
+        ``logits.max(dim=1)``) may be passed when the caller already has them."""
+        if top is None or pred is None:
+            top, pred = logits.max(dim=1)
+        # max softmax probability = 1 / Σ_c exp(z_c − max z) (every term ≤ 1, the largest
+        # exactly 1): row reductions over short rows (C ≈ 10) are slow in torch, and this
+        # needs one where logsumexp needs three and softmax more
+        conf = (logits - top[:, None]).exp_().sum(dim=1).reciprocal_()
         idx = (torch.ceil(conf * self.bins).long() - 1).clamp(0, self.bins - 1)
         ok = (pred == y).to(torch.float64)
         dev = self.count.device
