@@ -25,7 +25,7 @@ For each case: wall time, runs per hour, the ratio to ``sequential``, and two li
   run), measured with torch's fused kernel at the stack's size. It is the better
   estimate of what a stacked run can reach on this CPU.
 
-    python benchmarks/bench_stacked.py [--workload small|digits|both] [--epochs 20] [--runs 8]
+    python benchmarks/bench_stacked.py [--workload small|digits|both] [--epochs 20] [--runs 16] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def optimizer_seconds(n_params: int, k: int, reps: int = 20) -> float:
     return best
 
 
-def measure(workload: str, *, epochs: int, runs: int, stack: int) -> None:
+def measure(workload: str, *, epochs: int, runs: int, stack: int, repeat: int = 1) -> None:
     spec = spec_for(workload, epochs=epochs, runs=runs)
     rs = expand(spec)
     from nclab.train import TrainConfig
@@ -120,38 +120,48 @@ def measure(workload: str, *, epochs: int, runs: int, stack: int) -> None:
     gf = gemm_gflops()
     n_params = run_params(rs[0].config, math.prod(data.input_shape), data.num_classes)
     steps = epochs * math.ceil(data.info["n_train"] / rs[0].config["batch_size"])
-    opt_s = optimizer_seconds(n_params, stack) * steps / stack  # per run, at the stack's size
     print(f"\n== {workload}: {len(rs)} runs x {epochs} epochs, n_train {data.info['n_train']}, "
           f"input {math.prod(data.input_shape)}, {flops / 1e9:.2f} GFLOP per run; GEMM {gf:.1f} GFLOP/s (1 thread), "
           f"load {os.getloadavg()[0]:.2f}")
-    print(f"   optimizer state traffic: {n_params:,} parameters per run, {steps} steps; the fused SGD step over "
-          f"a stack of {stack} costs {opt_s * 1e3:.0f} ms per run (memory-bound; GEMM alone {flops / gf / 1e6:.0f} ms)")
+    half = max(2, stack // 2)
     cases = [("sequential", lambda: InlineExecutor(), None, 1),
              ("2 workers", lambda: LocalExecutor(2), None, 2),
              (f"stacked (1 process, stack {stack})", lambda: InlineExecutor(), stack, 1),
-             (f"stacked x2 (2 processes, stack {max(2, stack // 2)})", lambda: LocalExecutor(2), max(2, stack // 2), 2)]
-    base = None
+             (f"stacked x2 (2 processes, stack {half})", lambda: LocalExecutor(2), half, 2)]
+    # per run, the fused SGD over a stack's state at that stack size (memory-bound)
+    opt_s = {k: optimizer_seconds(n_params, k) * steps / k for k in (stack, half)}
+    print(f"   {n_params:,} parameters per run, {steps} steps; GEMM alone {flops / gf / 1e6:.0f} ms per run; the "
+          f"stacked SGD update {', '.join(f'{v * 1e3:.0f} ms per run at stack {k}' for k, v in opt_s.items())}")
+    # interleaved, best of `repeat` per case: the machine's load drifts between cases
+    best = {name: float("inf") for name, *_ in cases}
+    for _ in range(repeat):
+        for name, make, st, cores in cases:
+            with tempfile.TemporaryDirectory() as tmp:
+                store = RunStore(Path(tmp))
+                with make() as ex:
+                    if isinstance(ex, LocalExecutor):  # start both workers first: process start-up is not training
+                        for f in [ex.submit(_warm, rs[0].config, tmp) for _ in range(2)]:
+                            f.result()
+                    t0 = time.perf_counter()
+                    s = run_sweep(store, rs, run_fn=train_run, executor=ex, stack=st)
+                    best[name] = min(best[name], time.perf_counter() - t0)
+                assert s.completed == len(rs), (s.completed, s.failed)
     print(f"{'case':44s} {'wall s':>8s} {'runs/h':>8s} {'vs seq':>7s} {'limit runs/h':>13s} {'of limit':>9s} "
           f"{'+opt limit':>11s} {'of it':>6s}")
-    for name, make, st, cores in cases:
-        with tempfile.TemporaryDirectory() as tmp:
-            store = RunStore(Path(tmp))
-            with make() as ex:
-                if isinstance(ex, LocalExecutor):  # start both workers first: process start-up is not training
-                    for f in [ex.submit(_warm, rs[0].config, tmp) for _ in range(2)]:
-                        f.result()
-                t0 = time.perf_counter()
-                s = run_sweep(store, rs, run_fn=train_run, executor=ex, stack=st)
-                wall = time.perf_counter() - t0
-            assert s.completed == len(rs), (s.completed, s.failed)
+    base = None
+    for name, _make, st, cores in cases:
+        wall = best[name]
         rate = len(rs) / wall * 3600
         base = base or rate
         limit = cores * gf * 1e9 / flops * 3600
-        # GEMMs at the measured throughput plus the stacked optimizer's memory traffic (not overlapped);
-        # two processes share one memory bus, so the traffic term is not divided by the cores
-        limit_opt = 3600 / (flops / (cores * gf * 1e9) + opt_s)
-        print(f"{name:44s} {wall:8.1f} {rate:8.0f} {rate / base:6.2f}x {limit:13.0f} {rate / limit:8.1%} "
-              f"{limit_opt:11.0f} {rate / limit_opt:6.1%}")
+        line = f"{name:44s} {wall:8.1f} {rate:8.0f} {rate / base:6.2f}x {limit:13.0f} {rate / limit:8.1%}"
+        if st is not None:
+            # GEMMs at the measured throughput plus the stack's optimizer traffic (not overlapped;
+            # two processes share one memory bus, so the traffic term is not divided by the cores)
+            limit_opt = 3600 / (flops / (cores * gf * 1e9) + opt_s[st])
+            line += f" {limit_opt:11.0f} {rate / limit_opt:6.1%}"
+        print(line)
+    print(f"   load after: {os.getloadavg()[0]:.2f}")
 
 
 def _warm(config: dict, run_dir: str) -> dict:
@@ -173,13 +183,14 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--runs", type=int, default=16, help="runs of the small workload (digits uses 8)")
     ap.add_argument("--stack", type=int, default=16)
+    ap.add_argument("--repeat", type=int, default=1, help="best of this many interleaved rounds per case")
     a = ap.parse_args()
     torch.set_num_threads(1)
     print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, python {sys.version.split()[0]}")
     if a.workload in ("small", "both"):
-        measure("small", epochs=a.epochs, runs=a.runs, stack=a.stack)
+        measure("small", epochs=a.epochs, runs=a.runs, stack=a.stack, repeat=a.repeat)
     if a.workload in ("digits", "both"):
-        measure("digits", epochs=a.epochs, runs=8, stack=8)
+        measure("digits", epochs=a.epochs, runs=8, stack=8, repeat=a.repeat)
 
 
 if __name__ == "__main__":

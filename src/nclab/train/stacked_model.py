@@ -305,7 +305,8 @@ class StackedModel:
         """``(K,)`` bool: every parameter of the member is finite."""
         ok = None
         for t in self.params.values():
-            f = torch.isfinite(t.reshape(t.shape[0], -1)).all(dim=1)
+            # the max-norm is inf or NaN iff an entry is: one reduction, no (K, n) bool temporary
+            f = torch.isfinite(torch.linalg.vector_norm(t.detach().reshape(t.shape[0], -1), ord=float("inf"), dim=1))
             ok = f if ok is None else ok & f
         return ok
 
