@@ -298,7 +298,7 @@ def _register_study(app: typer.Typer) -> None:
     @app.command("reproduce")
     def reproduce_cmd(
         study: str = typer.Argument(..., help="which study: memorization-dilation"),
-        scale: str = typer.Option("small", "--scale", help="small (CPU, 240 paired runs, terminal-phase protocol) | paper (GPU, the official protocol)"),
+        scale: str = typer.Option("small", "--scale", help="small (CPU, 280 runs in CE/LS seed pairs, terminal-phase protocol) | paper (GPU, the official protocol)"),
         datasets: Optional[list[str]] = typer.Option(None, "--datasets", help="datasets to use [default: every one available locally]"),
         store_dir: Path = typer.Option(Path("studies/memorization-dilation"), "--store", help="results store directory"),
         data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="where mnist/cifar10/svhn files live [default: the standard locations, e.g. $NCLAB_DATA]"),
