@@ -152,24 +152,11 @@ class StackedModel:
         return _linear(h, p["classifier.weight"], p.get("classifier.bias")), h
 
     def _batch_norm(self, h: Tensor, name: str, m: nn.BatchNorm1d) -> Tensor:
-        # torch's BatchNorm1d per member: normalise with the batch's biased variance, update
-        # the running variance with the unbiased one (momentum m.momentum, eps m.eps).
         weight, bias = self.params[f"{name}.weight"].unsqueeze(1), self.params[f"{name}.bias"].unsqueeze(1)
-        rm, rv = self.buffers[f"{name}.running_mean"], self.buffers[f"{name}.running_var"]
         if self.training:
-            n = h.shape[1]
-            if n < 2:
-                raise ValueError("BatchNorm in train mode needs at least 2 samples per batch")
-            # explicit moments: var_mean over the middle dimension is several times slower here
-            mean = h.mean(dim=1, keepdim=True)
-            centred = h - mean
-            var = (centred * centred).mean(dim=1, keepdim=True)
-            with torch.no_grad():
-                mom = m.momentum
-                rm.mul_(1 - mom).add_(mean.squeeze(1), alpha=mom)
-                rv.mul_(1 - mom).add_(var.squeeze(1) * (n / (n - 1)), alpha=mom)
-                self.buffers[f"{name}.num_batches_tracked"].add_(1)
-            return torch.addcmul(bias, centred * torch.rsqrt(var + m.eps), weight)
+            xhat, _ = self._batch_norm_train(h, name, m)
+            return torch.addcmul(bias, xhat, weight)
+        rm, rv = self.buffers[f"{name}.running_mean"], self.buffers[f"{name}.running_var"]
         return (h - rm.unsqueeze(1)) * torch.rsqrt(rv.unsqueeze(1) + m.eps) * weight + bias
 
     @torch.no_grad()
@@ -181,8 +168,9 @@ class StackedModel:
         parameter's ``.grad`` to the gradient of that member's loss, as
         ``stacked_ce_ls_loss(self(x), y, alpha).sum().backward()`` would (BatchNorm running
         statistics are updated the same way). Existing ``.grad`` tensors are overwritten in
-        place (not accumulated into): no ``zero_grad`` is needed between steps. The forward is :meth:`_mlp_forward`'s arithmetic;
-        the backward is the closed form of each layer (no autograd graph):
+        place (not accumulated into): no ``zero_grad`` is needed between steps. The forward is
+        :meth:`_mlp_forward`'s arithmetic; the backward is the closed form of each layer (no
+        autograd graph):
 
         * loss: ``dL/dz = (softmax(z) − t) / B`` with ``t = (1 − α) e_y + α/C``;
         * ``Linear`` (``a = h W + b``): ``dW = hᵀ da``, ``db = Σ_i da``, ``dh = da Wᵀ``;
@@ -247,18 +235,21 @@ class StackedModel:
         return losses
 
     def _batch_norm_train(self, h: Tensor, name: str, m: nn.BatchNorm1d) -> tuple[Tensor, Tensor]:
-        """Training-mode normalisation of :meth:`_batch_norm` (same arithmetic, same running
-        statistics update), returning ``x̂`` and ``1 / sqrt(var + eps)`` for the backward."""
+        """torch's BatchNorm1d per member in training mode: normalise with the batch's biased
+        variance and update the running variance with the unbiased one (momentum ``m.momentum``,
+        ``m.eps``). Returns ``x̂`` and ``1 / sqrt(var + eps)`` (the explicit backward needs both).
+        Explicit moments: ``var_mean`` over the middle dimension is several times slower here."""
         n = h.shape[1]
         if n < 2:
             raise ValueError("BatchNorm in train mode needs at least 2 samples per batch")
         mean = h.mean(dim=1, keepdim=True)
         centred = h - mean
         var = (centred * centred).mean(dim=1, keepdim=True)
-        mom = m.momentum
-        self.buffers[f"{name}.running_mean"].mul_(1 - mom).add_(mean.squeeze(1), alpha=mom)
-        self.buffers[f"{name}.running_var"].mul_(1 - mom).add_(var.squeeze(1) * (n / (n - 1)), alpha=mom)
-        self.buffers[f"{name}.num_batches_tracked"].add_(1)
+        with torch.no_grad():
+            mom = m.momentum
+            self.buffers[f"{name}.running_mean"].mul_(1 - mom).add_(mean.squeeze(1), alpha=mom)
+            self.buffers[f"{name}.running_var"].mul_(1 - mom).add_(var.squeeze(1) * (n / (n - 1)), alpha=mom)
+            self.buffers[f"{name}.num_batches_tracked"].add_(1)
         inv = torch.rsqrt(var + m.eps)
         return centred * inv, inv
 
