@@ -176,7 +176,8 @@ class StackedModel:
         * ``Linear`` (``a = h W + b``): ``dW = hᵀ da``, ``db = Σ_i da``, ``dh = da Wᵀ``;
         * ``BatchNorm1d`` (``x̂ = (a − mean) / sqrt(var + eps)``, ``o = γ x̂ + β``):
           ``dγ = Σ_i do x̂``, ``dβ = Σ_i do``,
-          ``da = (γ do − mean_i(γ do) − x̂ mean_i(γ do x̂)) / sqrt(var + eps)``;
+          ``da = γ (do − dβ/B − x̂ dγ/B) / sqrt(var + eps)`` (``= (γ do − mean_i(γ do) −
+          x̂ mean_i(γ do x̂)) / sqrt(var + eps)``);
         * ReLU: ``do = dh`` where the output is positive, else 0 (torch's rule at 0).
 
         Only for :attr:`explicit_grad` plans (else use autograd on :meth:`__call__`).
@@ -229,9 +230,10 @@ class StackedModel:
                 b, g = p[f"{name}.bias"], p[f"{name}.weight"]
                 b.grad = torch.sum(d, dim=1, out=_grad_buffer(b))
                 g.grad = torch.sum(d * xhat, dim=1, out=_grad_buffer(g))
-                d = d.mul_(p[f"{name}.weight"].unsqueeze(1))  # γ do
-                proj = (d * xhat).mean(dim=1, keepdim=True)
-                d = d.sub_(d.mean(dim=1, keepdim=True)).sub_(xhat * proj).mul_(inv)
+                # mean_i(γ do) = γ dβ / B and mean_i(γ do x̂) = γ dγ / B: the (K, F) sums just formed
+                n = d.shape[1]
+                d = d.sub_(b.grad.unsqueeze(1), alpha=1.0 / n).sub_(xhat * (g.grad.unsqueeze(1) / n))
+                d = d.mul_(g.unsqueeze(1) * inv)
         return losses
 
     def _batch_norm_train(self, h: Tensor, name: str, m: nn.BatchNorm1d) -> tuple[Tensor, Tensor]:
