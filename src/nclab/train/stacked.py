@@ -35,8 +35,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import math
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field

@@ -15,7 +15,7 @@ tensor stacked):
   BatchNorm — the fast path. With ReLU/identity activations and the CE/LS loss its
   training step also has an explicit backward (:meth:`StackedModel.loss_and_grad`): the
   closed-form gradients of softmax cross-entropy, BatchNorm and ReLU, with no autograd
-  graph, which halves the cost of a step at these sizes;
+  graph, which cuts the per-call overhead of a small model's step;
 * any other :class:`~nclab.models.base.FeatureModel` runs through
   ``torch.func.functional_call`` under ``torch.func.vmap`` (BatchNorm buffers are stacked
   too, so their in-place updates stay per member).
@@ -363,6 +363,10 @@ class StackedOptimizer:
         self.state: list[dict[str, Any]] = [{} for _ in params]
         k = params[0].shape[0]
         self.step_count = torch.zeros(k, dtype=torch.float64)  # Adam's t per member
+        # SGD bookkeeping, rebuilt only when its source changes (checked by identity)
+        self._views: dict[tuple[str, int], tuple[Tensor, tuple[Tensor, ...]]] = {}
+        self._group_key: tuple[Tensor, Tensor, Tensor] | None = None
+        self._group_cache: dict[tuple[float, float, float], list[int]] = {}
 
     def set_lr(self, lr: Tensor) -> None:
         """Per-member learning rates for the next steps."""
@@ -405,38 +409,33 @@ class StackedOptimizer:
                 maximize=False, fused=True)
 
     def _groups(self) -> dict[tuple[float, float, float], list[int]]:
-        """Members by (lr, momentum, weight decay); recomputed only when these change."""
+        """Members by (lr, momentum, weight decay); recomputed only when these tensors change."""
         key = (self.lr, self.momentum, self.weight_decay)
-        old = getattr(self, "_group_key", None)
-        if old is None or any(a is not b for a, b in zip(old, key)):
+        if self._group_key is None or any(a is not b for a, b in zip(self._group_key, key)):
             groups: dict[tuple[float, float, float], list[int]] = {}
             for k, hp in enumerate(zip(self.lr.tolist(), self.momentum.tolist(), self.weight_decay.tolist())):
                 groups.setdefault(hp, []).append(k)
             self._group_cache, self._group_key = groups, key
-            self._groups_use_momentum = any(mom != 0 for _, mom, _ in groups)
         return self._group_cache
 
-    def _param_views(self, i: int) -> tuple[Tensor, ...]:
-        cache = self.__dict__.setdefault("_views", {})
-        p = self.params[i]
-        hit = cache.get(("p", i))
-        if hit is None or hit[0] is not p:
-            hit = cache[("p", i)] = (p, p.detach().unbind(0))
+    def _member_views(self, tag: str, i: int, t: Tensor) -> tuple[Tensor, ...]:
+        """The K member slices of ``t`` (parameter or buffer ``i``), cached while ``t`` is the same tensor."""
+        hit = self._views.get((tag, i))
+        if hit is None or hit[0] is not t:
+            hit = self._views[(tag, i)] = (t, t.detach().unbind(0))
         return hit[1]
 
+    def _param_views(self, i: int) -> tuple[Tensor, ...]:
+        return self._member_views("p", i, self.params[i])
+
     def _buffer_views(self, i: int) -> tuple[Tensor, ...] | None:
-        st = self.state[i]
-        if not self._groups_use_momentum:
+        if all(mom == 0 for _, mom, _ in self._groups()):
             return None
+        st = self.state[i]
         if "momentum_buffer" not in st:
             # zeros: m * 0 + g = g exactly, the solo optimizer's first step
             st["momentum_buffer"] = torch.zeros_like(self.params[i])
-        buf = st["momentum_buffer"]
-        cache = self.__dict__.setdefault("_views", {})
-        hit = cache.get(("b", i))
-        if hit is None or hit[0] is not buf:
-            hit = cache[("b", i)] = (buf, buf.unbind(0))
-        return hit[1]
+        return self._member_views("b", i, st["momentum_buffer"])
 
     def _adam(self) -> None:
         b1, b2 = self.betas
