@@ -62,12 +62,17 @@ def spec_for(workload: str, *, epochs: int, runs: int) -> SweepSpec:
     return SweepSpec.model_validate({"name": "bench-digits", "base": base, "seeds": list(range(runs))})
 
 
+def mlp_dims(config: dict, input_dim: int, n_classes: int) -> list[int]:
+    """Layer widths of one run's MLP: input, hidden blocks, features, logits."""
+    m = config["model"]
+    d = m.get("feature_dim") or n_classes
+    return [input_dim] + [m["width"]] * (m["depth"] - 1) + [d, n_classes]
+
+
 def run_flops(config: dict, n_train: int, input_dim: int, n_classes: int) -> float:
     """Multiply-add FLOPs of one run: 6 per weight per training sample (forward + backward),
     2 per weight per sample for the eval-mode pass every epoch."""
-    m = config["model"]
-    d = m.get("feature_dim") or n_classes
-    dims = [input_dim] + [m["width"]] * (m["depth"] - 1) + [d, n_classes]
+    dims = mlp_dims(config, input_dim, n_classes)
     weights = sum(a * b for a, b in zip(dims[:-1], dims[1:]))
     return config["epochs"] * n_train * weights * (6 + 2)
 
@@ -87,9 +92,7 @@ def gemm_gflops(seconds: float = 1.0) -> float:
 
 def run_params(config: dict, input_dim: int, n_classes: int) -> int:
     """Trainable parameters of one run's MLP (weights, biases, BatchNorm scale and shift)."""
-    m = config["model"]
-    d = m.get("feature_dim") or n_classes
-    dims = [input_dim] + [m["width"]] * (m["depth"] - 1) + [d, n_classes]
+    dims = mlp_dims(config, input_dim, n_classes)
     return sum(a * b + b for a, b in zip(dims[:-1], dims[1:])) + 2 * sum(dims[1:-1])
 
 
