@@ -46,21 +46,23 @@ def _cells(runs):
     return cells
 
 
-def test_small_dry_run_json_is_paired_terminal_and_has_ten_seeds():
+def test_small_dry_run_json_is_paired_one_schedule_and_has_ten_seeds():
     res = _cli(["reproduce", "memorization-dilation", "--scale", "small", "--dry-run", "--json"])
     assert res.exit_code == 0, res.output
     plan = json.loads(res.output)
     runs = plan["runs"]
     assert plan["n_runs"] == len(runs) >= 240
     for r in runs:
-        for k in ("dataset", "noise", "loss", "seed", "stop"):
+        for k in ("dataset", "noise", "loss", "seed", "epochs", "schedule"):
             assert k in r
-        assert r["stop"]["train_acc"] >= 0.999 and r["schedule"]["name"] == "cosine"
-        assert r["noise"]["kind"] == "symmetric_all"
+        # one schedule for every run: no early stop, the terminal phase only recorded
+        assert r.get("stop") is None, r.get("stop")
+        assert r["terminal_acc"] == 0.999 and r["epochs"] == 200
+        assert r["schedule"]["name"] == "cosine" and r["noise"]["kind"] == "symmetric_all"
     cells = _cells(runs)
     for key, pair in cells.items():
         assert set(pair) == {"ce", "ls"}, key
-        # CE and LS differ in the loss name only (and the hash-derived run name)
+        # CE and LS differ in the loss name only (and the hash-derived run name): same epochs and schedule
         assert _without(pair["ce"], "loss.name", "name", "hash") == _without(pair["ls"], "loss.name", "name", "hash")
     by_group: dict[tuple, set] = {}
     for ds, classes, rate, seed, _bias in cells:
@@ -78,7 +80,12 @@ def test_paper_dry_run_is_the_official_protocol():
     assert "noise.kind=symmetric_all" in res.output and "noise.kind=symmetric " not in res.output
     plan = plan_study(scale="paper", check_data=False)
     names = {r.config["dataset"]["name"] for r in plan.runs()}
-    assert names == {"mnist", "fashion-mnist", "cifar10", "svhn"} and plan.search
+    assert names == {"mnist", "fashion-mnist", "cifar10", "svhn"}
+    assert plan.search == "per-run"  # the official code searches per (dataset, loss, rate, seed)
+    assert plan_study(scale="paper", check_data=False, search="per-cell").search == "per-cell"
+    with pytest.raises(ValueError, match="search mode"):
+        plan_study(scale="paper", check_data=False, search="sometimes")
+    assert all(r.config.get("stop") is None for r in plan.runs())
     cfg = plan.runs()[0].config
     assert cfg["dataset"]["preprocess"] == "paper" and cfg["model"]["depth"] == 9 and cfg["model"]["width"] == 2048
 

@@ -298,7 +298,8 @@ def _register_study(app: typer.Typer) -> None:
     @app.command("reproduce")
     def reproduce_cmd(
         study: str = typer.Argument(..., help="which study: memorization-dilation"),
-        scale: str = typer.Option("small", "--scale", help="small (CPU, 280 runs in CE/LS seed pairs, terminal-phase protocol) | paper (GPU, the official protocol)"),
+        scale: str = typer.Option("small", "--scale", help="small (CPU, 280 runs in CE/LS seed pairs, every run to the end of its schedule) | paper (GPU, the official protocol)"),
+        search: str = typer.Option("per-run", "--search", help="paper scale: per-run (the official code: one search per dataset, loss, rate and seed) | per-cell (one search per dataset, loss and rate on seed 0, cheaper)"),
         datasets: Optional[list[str]] = typer.Option(None, "--datasets", help="datasets to use [default: every one available locally]"),
         store_dir: Path = typer.Option(Path("studies/memorization-dilation"), "--store", help="results store directory"),
         data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="where mnist/cifar10/svhn files live [default: the standard locations, e.g. $NCLAB_DATA]"),
@@ -325,7 +326,7 @@ def _register_study(app: typer.Typer) -> None:
             _fail(f"unknown study {study!r}; available: {', '.join(STUDIES)}")
         try:
             plan = plan_study(scale=scale, datasets=datasets, data_dir=data_dir, seeds=seeds, device=device, tiny=tiny,
-                              check_data=not dry_run)
+                              check_data=not dry_run, search=search)
         except (ValueError, FileNotFoundError) as exc:
             _fail(str(exc))
         if dry_run and as_json:
@@ -339,7 +340,7 @@ def _register_study(app: typer.Typer) -> None:
                 c = r.config
                 typer.echo(f"{r.hash}  dataset={c['dataset']['name']} classes={c['dataset']['classes']} "
                            f"noise.kind={c['noise']['kind']} noise.rate={c['noise']['rate']:g} loss={c['loss']['name']} "
-                           f"seed={c['seed']} stop.train_acc={c['stop']['train_acc']} epochs={c['epochs']}")
+                           f"seed={c['seed']} epochs={c['epochs']} terminal_acc={c.get('terminal_acc')}")
             return
         store = _open_store(store_dir)
         try:

@@ -18,11 +18,12 @@ Noise convention
     the labels change (``p/2`` for binary tasks). Each run reports the realized flip rate
     (``train.realized_noise_rate``).
 
-Terminal phase
-    ``stop.train_acc`` / ``stop.patience``: a run stops once its eval-mode accuracy on the
-    *noisy* training labels has been >= 0.999 for ``patience`` consecutive epochs, with
-    ``epochs`` as the cap; it records the first epoch of that streak (``terminal_epoch``) or
-    that it never got there. Only terminal-phase runs enter the verdicts.
+Terminal phase: an outcome, never a filter
+    Every study run trains its whole annealed schedule (no early stop), so the CE and LS runs
+    of a pair are measured at the same epoch and learning rate. ``terminal_acc`` records the
+    terminal phase as an outcome: the first epoch from which the eval-mode accuracy on the
+    *noisy* training labels stayed >= 0.999 to the end (``terminal_epoch``), or that it never
+    got there. The report counts every run and uses this only for a sensitivity analysis.
 
 Scales
 ------
@@ -30,19 +31,17 @@ Scales
     500 training images per class); MLP depth 3, width 256 (digits: width 512 and batch 16,
     without which most CE runs at noise 0.4 never fit their last noisy label), batch norm,
     features of dimension d = N; SGD lr 0.05, momentum 0.9, weight decay 5e-4, batch 32 (digits 16), cosine schedule
-    over a cap of 200 epochs, stop at train accuracy 0.999 held 10 epochs (100 epochs for the
-    noise-free runs, which fit their labels within a few epochs: H3 concerns the geometry they
-    reach in the terminal phase); LS alpha 0.1; no
-    search; 10 seeds. Cells: binary digits (0 vs 1) and binary Fashion-MNIST (T-shirt vs
-    Trouser) at noise {0, 0.1, 0.2, 0.3, 0.4}, and 10-class Fashion-MNIST (200 images per
-    class, d = 10) at noise {0.2, 0.4}: 240 runs.
+    over 200 epochs to lr 0, every run to the end; LS alpha 0.1; no search; 10 seeds. Cells:
+    binary digits (0 vs 1) and binary Fashion-MNIST (T-shirt vs Trouser) at noise
+    {0, 0.1, 0.2, 0.3, 0.4}, the noise-free cells again with a classifier without bias, and
+    10-class Fashion-MNIST (200 images per class, d = 10) at noise {0.2, 0.4}: 280 runs.
 ``paper`` (GPU; the official configuration): binary MNIST, Fashion-MNIST, CIFAR-10, SVHN
     (classes 0 and 1), images to 3x32x32 with the official normalisation; MLP depth 9,
-    width 2048; batch 16, weight decay 1e-3, 200 epochs, step schedule every 40 epochs; per
-    (dataset, loss, rate) cell the official search (20 random trials on 80% of the noisy data
-    for 80% of the epochs, scored on the noisy 20%), then every seed trained on all data with
-    the best parameters. It trains the official fixed 200 epochs (no early stop); the report
-    counts a run as terminal when its final noisy-label train accuracy is >= 0.999.
+    width 2048; batch 16, weight decay 1e-3, 200 epochs, step schedule every 40 epochs. As in
+    the official code, every (dataset, loss, rate, seed) run is tuned by its own search (20
+    random trials on 80% of its noisy data for 80% of the epochs, scored on the noisy 20%),
+    then trained on all data with the best parameters; ``search="per-cell"`` searches once
+    per (dataset, loss, rate) on seed 0's data and reuses the result for every seed (cheaper).
 """
 
 from __future__ import annotations
@@ -58,7 +57,7 @@ from nclab.sweep.runner import SweepEvent, SweepSummary, run_sweep
 from nclab.sweep.spec import SweepSpec, expand
 
 __all__ = ["STUDIES", "StudyPlan", "plan_study", "run_study", "available_datasets", "NOISE_RATES",
-           "SMALL_DATASETS", "PAPER_DATASETS", "MULTICLASS_RATES", "TERMINAL_ACC", "NOISY_PATIENCE", "CLEAN_PATIENCE",
+           "SMALL_DATASETS", "PAPER_DATASETS", "MULTICLASS_RATES", "TERMINAL_ACC", "SEARCH_MODES",
            "require_datasets"]
 
 STUDIES: tuple[str, ...] = ("memorization-dilation",)
@@ -68,8 +67,7 @@ CANDIDATES: tuple[str, ...] = ("digits", "fashion-mnist", "mnist", "cifar10", "s
 SMALL_DATASETS: tuple[str, ...] = ("digits", "fashion-mnist")
 PAPER_DATASETS: tuple[str, ...] = ("mnist", "fashion-mnist", "cifar10", "svhn")
 TERMINAL_ACC = 0.999
-NOISY_PATIENCE = 10
-CLEAN_PATIENCE = 100
+SEARCH_MODES: tuple[str, ...] = ("per-run", "per-cell")
 NOISE_KIND = "symmetric_all"
 
 
@@ -104,12 +102,13 @@ def require_datasets(names: list[str] | tuple[str, ...], *, data_dir: str | Path
 
 @dataclass
 class StudyPlan:
-    """The study's sweeps: one spec per cell group; ``search`` for the paper scale."""
+    """The study's sweeps: one spec per cell group; ``search`` (``"per-run"``, ``"per-cell"``
+    or None) for the paper scale."""
 
     scale: str
     datasets: list[str]
     specs: list[SweepSpec]
-    search: bool = False
+    search: str | None = None
     notes: list[str] = field(default_factory=list)
 
     def runs(self):
@@ -121,7 +120,8 @@ class StudyPlan:
     def describe(self) -> str:
         n = sum(len(expand(s)) for s in self.specs)
         lines = [f"memorization-dilation study, scale {self.scale}: datasets {', '.join(self.datasets)}; {n} runs"
-                 + (" (+ a 20-trial search per cell)" if self.search else "")]
+                 + ({"per-run": " (+ a 20-trial search per run)", "per-cell": " (+ a 20-trial search per cell)"}
+                    .get(self.search or "", ""))]
         lines += [f"  {note}" for note in self.notes]
         return "\n".join(lines)
 
@@ -158,7 +158,8 @@ def _base(scale: str, dataset: str, *, data_dir: str | None, device: str | None,
                       "batch_norm": True},
             "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4},
             "schedule": {"name": "cosine"},
-            "stop": {"train_acc": TERMINAL_ACC, "patience": 2 if tiny else NOISY_PATIENCE},
+            # no stop rule: the terminal phase is an outcome (first epoch from which it holds to the end)
+            "terminal_acc": TERMINAL_ACC,
         }
     if scale == "paper":
         return {
@@ -170,6 +171,7 @@ def _base(scale: str, dataset: str, *, data_dir: str | None, device: str | None,
             "model": {"name": "mlp", "depth": 9, "width": 2048, "feature_dim": None, "batch_norm": True},
             "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-3},
             "schedule": {"name": "step", "step_size": 40, "gamma": 0.1},
+            "terminal_acc": TERMINAL_ACC,
         }
     raise ValueError(f"unknown scale {scale!r}; small or paper")
 
@@ -185,6 +187,7 @@ def plan_study(
     rates: list[float] | None = None,
     multiclass: bool | None = None,
     check_data: bool = True,
+    search: str = "per-run",
 ) -> StudyPlan:
     """Plan the study: datasets x {CE, LS} x noise rates x seeds (binary tasks, classes 0
     and 1), plus at ``small`` scale the 10-class Fashion-MNIST cell (noise 0.2 and 0.4).
@@ -193,10 +196,14 @@ def plan_study(
     fashion-mnist, cifar10, svhn). With ``check_data`` (default) a missing dataset raises
     ``FileNotFoundError`` listing where it was looked for; ``check_data=False`` plans
     without looking (``--dry-run``). ``multiclass`` (default: small scale, not tiny, with
-    fashion-mnist among the datasets) adds the 10-class cell.
+    fashion-mnist among the datasets) adds the 10-class cell. ``search`` (paper scale only):
+    ``"per-run"`` tunes every (dataset, loss, rate, seed) run on its own data, as the official
+    code does; ``"per-cell"`` tunes once per (dataset, loss, rate) on seed 0's data.
     """
     if scale not in ("small", "paper"):
         raise ValueError(f"unknown scale {scale!r}; small or paper")
+    if search not in SEARCH_MODES:
+        raise ValueError(f"unknown search mode {search!r}; one of {', '.join(SEARCH_MODES)}")
     dd = None if data_dir is None else str(data_dir)
     default = (["digits"] if tiny else list(SMALL_DATASETS)) if scale == "small" else list(PAPER_DATASETS)
     chosen = list(dict.fromkeys(datasets)) if datasets else default
@@ -213,26 +220,13 @@ def plan_study(
     specs = []
     for ds in chosen:
         base = _base(scale, ds, data_dir=dd, device=device, tiny=tiny)
-        clean, noisy = [r for r in rates if r == 0], [r for r in rates if r > 0]
-        if scale == "small" and not tiny and clean:
-            # noise-free networks fit their labels within a few epochs; H3 is about the geometry
-            # they reach *in* the terminal phase, so they must hold it for CLEAN_PATIENCE epochs
-            cb = copy.deepcopy(base)
-            cb["stop"]["patience"] = CLEAN_PATIENCE
-            specs.append(SweepSpec(name=f"md-{scale}-{ds}", base=cb, seeds=seed_list,
-                                   grid={"loss.name": ["ce", "ls"], "noise.rate": clean}))
-            rates_here = noisy
-        else:
-            rates_here = rates
-        if rates_here:
-            specs.append(SweepSpec(name=f"md-{scale}-{ds}", base=base, seeds=seed_list,
-                                   grid={"loss.name": ["ce", "ls"], "noise.rate": rates_here}))
+        specs.append(SweepSpec(name=f"md-{scale}-{ds}", base=base, seeds=seed_list,
+                               grid={"loss.name": ["ce", "ls"], "noise.rate": list(rates)}))
     if scale == "small" and not tiny and 0.0 in rates:
         # H3 with and without a classifier bias: with a free bias a dead class is a global minimum
         # of the positive unconstrained-features model, without one it is not a minimum at all
         for ds in chosen:
             nb = _base(scale, ds, data_dir=dd, device=device, tiny=tiny)
-            nb["stop"]["patience"] = CLEAN_PATIENCE
             nb["model"]["classifier_bias"] = False
             specs.append(SweepSpec(name=f"md-{scale}-{ds}-nobias", base=nb, seeds=seed_list,
                                    grid={"loss.name": ["ce", "ls"], "noise.rate": [0.0]}))
@@ -243,22 +237,24 @@ def plan_study(
                      per_class=60 if tiny else 200)
         specs.append(SweepSpec(name=f"md-{scale}-fashion-mnist-10c", base=base, seeds=seed_list,
                                grid={"loss.name": ["ce", "ls"], "noise.rate": MULTICLASS_RATES}))
-    notes = [f"noise: {NOISE_KIND} (a label is redrawn uniformly over all N classes with probability p; "
+    notes = [f"terminal phase: recorded per run (first epoch from which noisy-label train accuracy >= {TERMINAL_ACC} "
+             "holds to the end), never used to stop or to select runs",
+             f"noise: {NOISE_KIND} (a label is redrawn uniformly over all N classes with probability p; "
              "about p(N-1)/N flip); realized rate reported per run",
              "pairing: CE and LS of one (dataset, rate, seed) share noisy labels, initial weights and batch order"]
     if scale == "small":
-        notes.append("small: native-resolution MLP depth 3 width 256 (digits 512; d = N), SGD lr 0.05, wd 5e-4, batch 32 (digits 16), cosine "
-                     f"over a cap of 200 epochs, stop at noisy-label train accuracy >= {TERMINAL_ACC} held {NOISY_PATIENCE} epochs "
-                     f"({CLEAN_PATIENCE} at noise 0), "
-                     "LS alpha 0.1, no search"
-                     if not tiny else "tiny smoke scale: MLP depth 2 width 64, cosine, cap 30 epochs")
+        notes.append("small: native-resolution MLP depth 3 width 256 (digits 512; d = N), SGD lr 0.05, wd 5e-4, batch 32 (digits 16), "
+                     "cosine over 200 epochs to lr 0, every run to the end (no early stop), LS alpha 0.1, no search"
+                     if not tiny else "tiny smoke scale: MLP depth 2 width 64, cosine over 30 epochs, every run to the end")
         if multiclass:
             notes.append("multi-class cell: 10-class Fashion-MNIST, 200 images per class, d = N = 10, noise 0.2 and 0.4")
     else:
         notes.append("paper: 3x32x32 inputs, MLP depth 9 width 2048, 200 epochs (fixed, official), batch 16, wd 1e-3, "
-                     "step schedule every 40 epochs, the official search per (dataset, loss, rate) cell")
+                     "step schedule every 40 epochs, the official search "
+                     + ("per (dataset, loss, rate, seed) run" if search == "per-run"
+                        else "once per (dataset, loss, rate) cell on seed 0's data, reused for every seed"))
     return StudyPlan(scale=scale, datasets=chosen + (["fashion-mnist-10c"] if multiclass else []), specs=specs,
-                     search=(scale == "paper"), notes=notes)
+                     search=search if scale == "paper" else None, notes=notes)
 
 
 def run_study(
@@ -271,9 +267,10 @@ def run_study(
     retry_failed: bool = False,
     stack: int | None = None,
 ) -> SweepSummary:
-    """Run the plan's runs into ``store`` (resumable). With ``plan.search`` each
-    (dataset, loss, rate) cell is tuned first (paper preset) and its seeds use the best
-    parameters. ``stack`` (when given) is passed to :func:`run_sweep`: train that many
+    """Run the plan's runs into ``store`` (resumable). With ``plan.search == "per-run"`` every
+    run is tuned first on its own seed's data (paper preset, the official protocol); with
+    ``"per-cell"`` each (dataset, loss, rate) cell is tuned once on seed 0 and its seeds use
+    the best parameters. ``stack`` (when given) is passed to :func:`run_sweep`: train that many
     runs of one cell together. Returns the summary of the final runs."""
     from nclab.sweep.runner import resolve_run_fn  # noqa: PLC0415
 
@@ -288,16 +285,24 @@ def run_study(
                          on_event=on_event, retry_failed=retry_failed, **extra)
     from nclab.sweep.search import run_search  # noqa: PLC0415
 
+    def tuned(config: dict[str, Any], seed: int) -> dict[str, Any]:
+        res = run_search(config, store=store, preset="paper", seed=seed, executor=executor, run_fn=fn,
+                         retrain=False, on_event=on_event)
+        out = copy.deepcopy(config)
+        for k, v in res.best_params.items():
+            parts = k.split(".")
+            out[parts[0]][parts[1]] = v
+        return out
+
     final_runs = []
     for s in plan.specs:
-        for cell in expand(s.model_copy(update={"seeds": []})):
-            res = run_search(cell.config, store=store, preset="paper", seed=0, executor=executor, run_fn=fn,
-                             retrain=False, on_event=on_event)
-            tuned = copy.deepcopy(cell.config)
-            for k, v in res.best_params.items():
-                parts = k.split(".")
-                tuned[parts[0]][parts[1]] = v
-            # every seed of the cell, CE and LS alike, trains with this cell's tuned parameters
-            final_runs.extend(expand(SweepSpec(name=s.name, base=tuned, seeds=s.seeds)))
+        if plan.search == "per-cell":
+            for cell in expand(s.model_copy(update={"seeds": []})):
+                # every seed of the cell, CE and LS alike, trains with this cell's tuned parameters
+                final_runs.extend(expand(SweepSpec(name=s.name, base=tuned(cell.config, 0), seeds=s.seeds)))
+        else:  # per run: each seed's search sees that seed's noisy labels and initialisation
+            for run in expand(s):
+                seed = int(run.config["seed"])
+                final_runs.extend(expand(SweepSpec(name=s.name, base=tuned(run.config, seed), seeds=[seed])))
     return run_sweep(store, final_runs, run_fn=fn, executor=executor, sweep=f"md-{plan.scale}",
                      on_event=on_event, retry_failed=retry_failed, **extra)

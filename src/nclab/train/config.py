@@ -267,7 +267,8 @@ class ScheduleConfig(StrictModel):
 class StopConfig(StrictModel):
     """Early stop at the terminal phase: stop once the eval-mode accuracy on the *noisy*
     training labels is >= ``train_acc`` for ``patience`` consecutive epochs (``epochs``
-    stays the cap). ``train_acc: null`` (default) trains for exactly ``epochs``."""
+    stays the cap). ``stop: null`` (the default) or ``train_acc: null`` trains for exactly
+    ``epochs``."""
 
     train_acc: float | None = None
     patience: int = 1
@@ -310,7 +311,10 @@ class TrainConfig(StrictModel):
     model: ModelConfig = Field(default_factory=ModelConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
-    stop: StopConfig = Field(default_factory=StopConfig)
+    stop: StopConfig | None = None  # no early stop unless configured
+    # the terminal phase as an outcome, never a stop: noisy-label train accuracy measured every
+    # epoch; the final record's terminal_epoch is the first epoch from which it stayed >= this
+    terminal_acc: float | None = Field(default=None, gt=0.0, le=1.0)
 
     @field_validator("epochs", "batch_size", "eval_every", "eval_batch_size", "checkpoint_every", "threads")
     @classmethod

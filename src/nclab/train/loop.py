@@ -501,7 +501,7 @@ def _train(config: TrainConfig, *, run_dir: Path, resume: bool, overwrite: bool,
     noise_path = run_dir / rundir.NOISE
 
     start, elapsed = 0, 0.0
-    stopper = StopTracker.from_config(config.stop)
+    stopper = StopTracker.from_config(config.stop, terminal_acc=config.terminal_acc)
     sessions: list[dict[str, Any]] = []
     if resuming and ckpt_path.exists():
         start, elapsed = restore_checkpoint(ckpt_path, config, model=model, optimizer=optimizer, batches=batches,

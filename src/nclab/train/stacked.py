@@ -147,7 +147,7 @@ def _open_member(config: TrainConfig, run_dir: Path, *, resume: bool, overwrite:
                             generator=torch_generator(config.seed, "init"), **config.model.options()).to(device)
         optimizer = make_optimizer(config.optim, model.parameters())
         batches = torch_generator(config.seed, "batches")
-        stopper = StopTracker.from_config(config.stop)
+        stopper = StopTracker.from_config(config.stop, terminal_acc=config.terminal_acc)
         start, elapsed, sessions = 0, 0.0, []
         ckpt = run_dir / rundir.CHECKPOINT
         if resuming and ckpt.exists():
