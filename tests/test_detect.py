@@ -72,7 +72,15 @@ def test_detection_quality_by_hand():
     assert q["auroc"] == 1.0 and q["precision_at_k"] == 1.0 and q["average_precision"] == 1.0
     q = detection_quality([0.9, 0.8, 0.1, 0.2, 0.3], truth)
     assert q["auroc"] == 0.0 and q["precision_at_k"] == 0.0
-    assert detection_quality(np.zeros(5), truth)["auroc"] == 0.5  # ties count one half
+    q = detection_quality(np.zeros(5), truth)
+    assert q["auroc"] == 0.5  # ties count one half
+    assert q["average_precision"] == pytest.approx(2 / 5)  # one threshold holding everything
+    # a tie across the groups: mislabeled {0.9, 0.5}, clean {0.5, 0.1, 0.2}. AUROC by hand: of the
+    # 6 (mislabeled, clean) pairs, 5 are ordered right and one is tied (½) -> 5.5 / 6. AP: the
+    # thresholds 0.9 (precision 1, recall ½) and 0.5 (precision 2/3, recall 1) -> ½·1 + ½·2/3.
+    q = detection_quality([0.9, 0.5, 0.5, 0.1, 0.2], [1, 1, 0, 0, 0])
+    assert q["auroc"] == pytest.approx(5.5 / 6) and q["average_precision"] == pytest.approx(0.5 + 1 / 3)
+    assert q["precision_at_k"] == 1.0  # top 2 by sample order: 0.9 and the first 0.5
     q = detection_quality([0.5, 0.2, 0.9, 0.1, 0.3], truth)  # mislabeled ranks 1st and 5th
     assert q["auroc"] == pytest.approx(3 / 6) and q["precision_at_k"] == 0.5
     assert q["average_precision"] == pytest.approx((1 + 2 / 5) / 2)

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 from scipy.stats import rankdata
+from sklearn.metrics import average_precision_score, roc_auc_score
 
 __all__ = [
     "FEATURE_SCORES",
@@ -159,10 +160,12 @@ def detection_quality(scores: Any, is_mislabeled: Any) -> dict[str, float | int 
     """How well ``scores`` (higher = more suspicious) rank the truly mislabeled samples.
 
     - ``auroc``: P(score of a random mislabeled sample > that of a random clean one), ties ½
-      (Mann-Whitney U from average ranks); ``None`` when one group is empty;
+      (scikit-learn's ``roc_auc_score``); ``None`` when one group is empty;
     - ``precision_at_k``: fraction of mislabeled samples among the ``k`` highest scores,
-      ``k`` = the true number of mislabeled samples (= recall at k);
-    - ``average_precision``: mean precision at each mislabeled sample's rank;
+      ``k`` = the true number of mislabeled samples (= recall at k; ties broken by sample order);
+    - ``average_precision``: scikit-learn's ``average_precision_score``, the precision at each
+      distinct score threshold weighted by the recall it adds (tied scores form one threshold,
+      so the value does not depend on the samples' order); ``None`` when one group is empty;
     - ``n``, ``n_mislabeled``.
     """
     s = np.asarray(scores, dtype=np.float64)
@@ -173,13 +176,9 @@ def detection_quality(scores: Any, is_mislabeled: Any) -> dict[str, float | int 
         raise ValueError("scores contain NaN")
     n, k = len(s), int(t.sum())
     out: dict[str, float | int | None] = {"n": n, "n_mislabeled": k}
-    if k == 0 or k == n:
+    if k == 0 or k == n:  # both need two groups (scikit-learn would raise or warn)
         return {**out, "auroc": None, "precision_at_k": None, "average_precision": None}
-    r = rankdata(s)
-    out["auroc"] = float((r[t].sum() - k * (k + 1) / 2) / (k * (n - k)))
-    order = np.argsort(-s, kind="stable")
-    hits = t[order]
-    out["precision_at_k"] = float(hits[:k].mean())
-    prec = np.cumsum(hits) / np.arange(1, n + 1)
-    out["average_precision"] = float(prec[hits].mean())
+    out["auroc"] = float(roc_auc_score(t, s))
+    out["precision_at_k"] = float(t[np.argsort(-s, kind="stable")[:k]].mean())
+    out["average_precision"] = float(average_precision_score(t, s))
     return out
