@@ -92,15 +92,109 @@ def format_validation_error(err: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def load_yaml(path: str | Path) -> dict:
-    """Read a YAML mapping; a clear error for a missing, unreadable or non-mapping file."""
+# Bounds of every YAML document nclab reads (configs, sweep specs, --set values). Aliases are
+# shared in the parsed object but multiply when the value is validated, hashed or written back,
+# so a 500-byte "billion laughs" file would take all memory; deep nesting would exhaust the stack.
+YAML_MAX_DEPTH = 64  # nested lists/mappings
+YAML_MAX_NODES = 100_000  # values after expanding every alias
+YAML_MAX_BYTES = 16 * 2**20  # a config or spec file
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that refuses nesting deeper than ``YAML_MAX_DEPTH`` while composing."""
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent, index):  # noqa: ANN001 - PyYAML's signature
+        self._depth += 1
+        try:
+            if self._depth > YAML_MAX_DEPTH:
+                mark = self.peek_event().start_mark
+                raise ConfigError(f"nesting deeper than {YAML_MAX_DEPTH} levels (line {mark.line + 1})")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _expanded_size(root: yaml.Node) -> int:
+    """The number of values ``root`` holds once every alias is expanded (memoised per node,
+    so a 10-level alias bomb is counted in microseconds); a recursive alias is refused."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            raise ConfigError("a recursive alias (an anchor used inside itself)")
+        active.add(key)
+        total = 1
+        if isinstance(node, yaml.SequenceNode):
+            total += sum(size(c) for c in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            total += sum(size(k) + size(v) for k, v in node.value)
+        active.discard(key)
+        sizes[key] = total
+        return total
+
+    return size(root)
+
+
+def safe_yaml(text: str, *, source: str = "YAML") -> Any:
+    """Parse one YAML document with PyYAML's safe loader, bounded: at most ``YAML_MAX_DEPTH``
+    levels and ``YAML_MAX_NODES`` values after alias expansion. Every problem is one
+    ``ConfigError`` line that names ``source`` (a file name or the ``--set`` item)."""
+    loader = _BoundedLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        n = _expanded_size(node)
+        if n > YAML_MAX_NODES:
+            raise ConfigError(f"{source}: refused, its aliases expand to {n:,} values (at most {YAML_MAX_NODES:,})")
+        return loader.construct_document(node)
+    except ConfigError as exc:
+        msg = str(exc)
+        raise ConfigError(msg if msg.startswith(f"{source}:") else f"{source}: refused, {msg}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source} is not valid YAML: {_yaml_problem(exc)}") from None
+    except RecursionError:  # deep nesting inside one scalar-free construct the depth bound missed
+        raise ConfigError(f"{source}: refused, nested too deeply") from None
+    finally:
+        loader.dispose()
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML error on one line: its problem and where (``line L, column C``)."""
+    problem = getattr(exc, "problem", None) or (str(exc).splitlines() or ["parse error"])[0]
+    mark = getattr(exc, "problem_mark", None)
+    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else str(problem)
+
+
+def read_yaml_file(path: str | Path) -> Any:
+    """The YAML document in ``path`` (any type), read with :func:`safe_yaml`'s bounds; a missing,
+    unreadable, oversized or non-UTF-8 file is a ``ConfigError`` that names it."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
     try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{p} is not valid YAML: {exc}") from exc
+        size = p.stat().st_size
+        if size > YAML_MAX_BYTES:
+            raise ConfigError(f"{p}: refused, {size:,} bytes is larger than a config can be ({YAML_MAX_BYTES:,})")
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})") from None
+    return safe_yaml(text, source=str(p))
+
+
+def load_yaml(path: str | Path) -> dict:
+    """Read a YAML mapping (see :func:`read_yaml_file`); a clear error for a missing, unreadable
+    or non-mapping file."""
+    p = Path(path)
+    data = read_yaml_file(p)
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -130,9 +224,11 @@ def parse_overrides(items: list[str]) -> dict:
         if not key.strip():
             raise ConfigError(f"override {item!r} has an empty key (e.g. optim.lr=0.05)")
         try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError as exc:
-            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            value = safe_yaml(raw, source=f"override {item!r}")
+        except ConfigError as exc:
+            if "is not valid YAML" not in str(exc):
+                raise
+            problem = str(exc).split("is not valid YAML: ", 1)[1]
             raise ConfigError(
                 f"override {item!r}: the value {raw!r} is not valid YAML ({problem}); "
                 "quote it, e.g. --set 'key=\"text\"'"

@@ -483,6 +483,15 @@ def _inputs(a: Any, *, name: str, source: str) -> np.ndarray:
     return x
 
 
+def _out_of_range(labels: np.ndarray, limit: int, *, show: int = 3) -> str:
+    """``"has label 1000000000 (50 samples) outside [0, 2)"``: the largest offending values with
+    their sample counts, at most ``show`` of them (a message never lists thousands)."""
+    bad, counts = np.unique(labels[labels >= limit], return_counts=True)
+    parts = [f"{int(v)} ({int(c)} sample{'s' if c != 1 else ''})" for v, c in zip(bad[::-1][:show], counts[::-1][:show])]
+    more = f" and {bad.size - show} more values" if bad.size > show else ""
+    return f"has label{'s' if bad.size > 1 else ''} {', '.join(parts)}{more} outside [0, {limit})"
+
+
 def _raw_from_arrays(data: Any, *, source: str, test_fraction: float = 0.2) -> _Raw:
     """Validate an :class:`ArrayDataset` (or mapping/tuple) and hold out a test split if none is given."""
     d = as_array_dataset(data, source=source)
@@ -497,12 +506,25 @@ def _raw_from_arrays(data: Any, *, source: str, test_fraction: float = 0.2) -> _
         if xt.shape[1:] != x.shape[1:]:
             raise DataFormatError(f"{source}: x_test rows have shape {xt.shape[1:]} but x rows have {x.shape[1:]}")
         yt = _int_labels(d.y_test, name="y_test", n=xt.shape[0], source=source)
-    found = max(int(a.max()) for a in (y, clean, yt if d.x_test is not None else None) if a is not None and a.size) + 1
-    names = [str(c) for c in d.class_names] if d.class_names is not None else [str(c) for c in range(found)]
-    if len(names) < found:
-        raise DataFormatError(f"{source}: labels go up to {found - 1} but only {len(names)} class_names are given")
+    labelled = {"y": y, "clean_y": clean, "y_test": yt if d.x_test is not None else None}
+    if n == 0 or (d.x_test is not None and xt.shape[0] == 0):
+        raise DataFormatError(f"{source}: {'x' if n == 0 else 'x_test'} holds no samples")
+    if d.class_names is not None:
+        names = [str(c) for c in d.class_names]
+        limit, why = len(names), f"{len(names)} class_names are given"
+    else:
+        # without declared classes the labels set the count; a count above the number of
+        # samples is a broken file (one label of 10^9 would otherwise allocate 10^9 classes)
+        total = sum(a.size for a in labelled.values() if a is not None)
+        limit, why = total, f"without class_names the class count is inferred from the labels and cannot exceed the number of samples ({total})"
+    for key, a in labelled.items():
+        if a is not None and a.size and int(a.max()) >= limit:
+            raise DataFormatError(f"{source}: {key} {_out_of_range(a, limit)}; {why}")
+    if d.class_names is None:
+        found = max(int(a.max()) for a in labelled.values() if a is not None and a.size) + 1
+        names = [str(c) for c in range(found)]
     if len(names) < 2:
-        raise DataFormatError(f"{source}: need at least 2 classes; the labels use {found}")
+        raise DataFormatError(f"{source}: need at least 2 classes; found {len(names)}")
     split = None
     if d.x_test is None:
         if not 0.0 < test_fraction < 1.0:
@@ -511,6 +533,10 @@ def _raw_from_arrays(data: Any, *, source: str, test_fraction: float = 0.2) -> _
 
         tr, te = train_val_split(y, fraction=test_fraction, generator=numpy_generator(0, "arrays-split"))
         tr, te = np.sort(np.asarray(tr)), np.sort(np.asarray(te))
+        if tr.size == 0 or te.size == 0:
+            raise DataFormatError(f"{source}: holding out test_fraction {test_fraction} of {n} samples leaves the "
+                                  f"{'training' if tr.size == 0 else 'test'} split empty; give x_test/y_test or "
+                                  "more samples, or change test_fraction")
         # held-out labels are the truth when the data bring it
         x, xt, yt, y = x[tr], x[te], (clean if clean is not None else y)[te], y[tr]
         clean = None if clean is None else clean[tr]
@@ -518,6 +544,35 @@ def _raw_from_arrays(data: Any, *, source: str, test_fraction: float = 0.2) -> _
     return _Raw(x, y, xt, yt, names, None,
                 {"source": source, "origin": "arrays", "kind": "arrays", "split": split,
                  "own_noise": clean is not None}, train_clean=clean)  # fmt: skip
+
+
+def _check_npz_headers(path: Path) -> None:
+    """Refuse an ``.npz`` whose array headers promise more data than the archive holds, before
+    numpy allocates it (a 100-byte member can claim terabytes)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                if not info.filename.endswith(".npy"):
+                    continue
+                with zf.open(info) as f:
+                    version = np.lib.format.read_magic(f)
+                    shape, _, dtype = (np.lib.format.read_array_header_1_0(f) if version == (1, 0)
+                                       else np.lib.format.read_array_header_2_0(f))
+                    header = f.tell()
+                if dtype.hasobject:
+                    continue  # np.load(allow_pickle=False) refuses it with its own message
+                claimed = int(np.prod(shape, dtype=object)) * dtype.itemsize
+                if claimed > info.file_size - header:
+                    raise DataFormatError(
+                        f"{path}: array {info.filename[:-4]!r} declares shape {tuple(shape)} {dtype} "
+                        f"({claimed:,} bytes) but the file holds {max(0, info.file_size - header):,} bytes of it "
+                        "(a corrupt or crafted .npz)")
+    except DataFormatError:
+        raise
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise DataFormatError(f"{path}: not a readable .npz file ({exc})") from None
 
 
 def _load_npz(*, data_dir, download, seed, options) -> _Raw:
@@ -536,6 +591,7 @@ def _load_npz(*, data_dir, download, seed, options) -> _Raw:
 
         if not zipfile.is_zipfile(path):  # np.load would try it as a pickle and say so, misleadingly
             raise DataFormatError(f"{path}: not a readable .npz file (not a zip archive; save with numpy.savez)")
+        _check_npz_headers(path)
         try:
             with np.load(path, allow_pickle=False) as f:
                 arrays = {k: f[k] for k in f.files}
@@ -730,7 +786,8 @@ def _finish(raw: _Raw, key: str, *, classes, per_class, preprocess: str, seed: i
         present = np.bincount(y, minlength=k)
         if (present == 0).any():
             empty = [keep[i] for i in np.flatnonzero(present == 0)]
-            raise DataFormatError(f"dataset {key!r}: {split} split has no samples of class(es) {empty}")
+            shown = ", ".join(map(str, empty[:5])) + (f", ... ({len(empty)} classes in all)" if len(empty) > 5 else "")
+            raise DataFormatError(f"dataset {key!r}: {split} split has no samples of class(es) {shown}")
 
     def prep(x: np.ndarray, idx: np.ndarray) -> tuple[torch.Tensor, dict]:
         x = x if idx.size == x.shape[0] else x[idx]  # idx is sorted: full size means all, in order

@@ -55,6 +55,9 @@ def train_val_split(
         k = int(np.rint(float(fraction) * y.size))
         is_val = np.zeros(y.size, dtype=bool)
         is_val[generator.permutation(y.size)[:k]] = True
+    if is_val.all():  # an empty training part would train on nothing and end as a non-finite loss
+        raise ValueError(f"the validation share {float(fraction):g} holds out all {y.size} samples and leaves none "
+                         "to train on (for a run: lower dataset.val_fraction)")
     return np.flatnonzero(~is_val), np.flatnonzero(is_val)
 
 
