@@ -217,6 +217,22 @@ def test_analyze_cli_on_run_dir(tiny_run, tmp_path):
     assert (tmp_path / "fig" / "layers.png").stat().st_size > 1000
 
 
+def test_analyze_library_on_run_dir(tiny_run, tmp_path):
+    from nclab.collect.analyze import analyze
+    from nclab.report.analysis import write_figures
+
+    a = analyze(tiny_run, layers=["body.3"])
+    assert a.result.info["layer"] == "classifier" and list(a.per_layer) == ["body.3"]
+    assert a.to_dict()["metrics"]["n_samples"] == 120 and a.note is None
+    assert a.scatter_data(max_samples=50)["features"].shape == (50, 6)
+    (tmp_path / "fig").mkdir()
+    assert [p.name for p in write_figures(a, tmp_path / "fig")] == ["features.png", "layers.png"]
+    with pytest.raises(ValueError, match="drop --model"):
+        analyze(tiny_run, model="mlp")
+    with pytest.raises(ValueError, match="split must be train or test"):
+        analyze(tiny_run, split="val")
+
+
 def test_analyze_cli_state_dict_with_model_class(tmp_path):
     model = build_model("mlp", input_shape=(1, 8, 8), num_classes=3, depth=2, width=16, seed=4)
     torch.save(model.state_dict(), tmp_path / "w.pt")
