@@ -167,7 +167,7 @@ def test_demo_records_dynamics_for_detect(tmp_path):
     from nclab.detect import score_run
     from nclab.train.dynamics import load_dynamics
 
-    res = run_demo(out_dir=tmp_path, epochs=3, progress=False)
+    res = run_demo(out_dir=tmp_path, pairs=2, epochs=3)
     for r in res.runs:
         assert load_dynamics(r.run_dir).epochs.tolist() == [1, 2, 3]
     sus = score_run(res.runs[0].run_dir, score="dynamics")
