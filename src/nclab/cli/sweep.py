@@ -108,8 +108,8 @@ def _open_store(root: Path, **kw: Any) -> Any:
 
     try:
         return RunStore(root, **kw)
-    except (FileNotFoundError, RuntimeError) as exc:
-        _fail(str(exc))
+    except (FileNotFoundError, RuntimeError) as exc:  # StoreError carries its exit code (2 corrupt, 4 disk full)
+        _fail(str(exc), getattr(exc, "exit_code", 2))
     except OSError as exc:
         _fail(f"results store {root}: {os_error_message(exc)}", EXIT_IO)
 
@@ -204,10 +204,14 @@ def register(app: typer.Typer) -> None:
         prog = SweepProgress(title=spec.name, enabled=not no_progress)
         import sqlite3  # noqa: PLC0415
 
+        from nclab.store.index import StoreError  # noqa: PLC0415
+
         try:
             with ex:
                 summary = run_sweep(store, runs, run_fn=fn, executor=ex, sweep=spec.name, retry_failed=retry_failed,
                                     on_event=prog, stack=stack)
+        except StoreError as exc:  # corrupt store (2), disk full or read-only (4)
+            _fail(str(exc), exc.exit_code)
         except (OSError, sqlite3.OperationalError) as exc:  # disk full, read-only store
             _io_fail(exc, f"sweep {spec.name} (store {store.root})")
         _print_summary(summary, store)
@@ -231,8 +235,8 @@ def register(app: typer.Typer) -> None:
                 n = store.export_csv(out, status=st, sweep=sweep)
             else:
                 _fail(f"--out must end in .csv or .parquet; got {out.name}")
-        except (RuntimeError, ValueError) as exc:
-            _fail(str(exc))
+        except (RuntimeError, ValueError) as exc:  # StoreError carries its exit code
+            _fail(str(exc), getattr(exc, "exit_code", 2))
         except OSError as exc:
             _io_fail(exc, f"cannot write {out}")
         typer.echo(f"wrote {n} runs to {out}")
@@ -270,7 +274,7 @@ def _register_search(app: typer.Typer) -> None:
             fn = resolve_run_fn(run_fn)
         except (ConfigError, ValueError, ImportError) as exc:
             _fail(str(exc))
-        store = RunStore(store_dir)
+        store = _open_store(store_dir)
         try:
             ex = make_executor(executor, workers=workers, ray_address=ray_address)
         except (RuntimeError, ValueError) as exc:  # bad --workers, Ray missing
@@ -285,12 +289,17 @@ def _register_search(app: typer.Typer) -> None:
                        f"best {best}  {params}")
 
         typer.echo(f"search {pre.name}: {trials or pre.trials} trials, score {pre.metric} ({pre.direction})")
-        with ex:
-            res = run_search(
-                base, store=store, preset=pre, trials=trials, sampler=sampler, seed=seed, storage=storage,
-                study_name=study_name, executor=ex, run_fn=fn, retrain=not no_retrain,
-                resolve=None if run_fn else "auto", on_trial=trial_line,
-            )
+        from nclab.store.index import StoreError  # noqa: PLC0415
+
+        try:
+            with ex:
+                res = run_search(
+                    base, store=store, preset=pre, trials=trials, sampler=sampler, seed=seed, storage=storage,
+                    study_name=study_name, executor=ex, run_fn=fn, retrain=not no_retrain,
+                    resolve=None if run_fn else "auto", on_trial=trial_line,
+                )
+        except StoreError as exc:  # corrupt store (2), disk full or read-only (4)
+            _fail(str(exc), exc.exit_code)
         typer.echo(res.describe())
 
 
@@ -348,8 +357,14 @@ def _register_study(app: typer.Typer) -> None:
         except (RuntimeError, ValueError) as exc:  # bad --workers, Ray missing
             _fail(str(exc))
         prog = SweepProgress(title=f"{study} ({scale})", enabled=not no_progress)
-        with ex:
-            summary = run_study(plan, store=store, executor=ex, on_event=prog, retry_failed=retry_failed, stack=stack)
+        from nclab.store.index import StoreError  # noqa: PLC0415
+
+        try:
+            with ex:
+                summary = run_study(plan, store=store, executor=ex, on_event=prog, retry_failed=retry_failed,
+                                    stack=stack)
+        except StoreError as exc:  # corrupt store (2), disk full or read-only (4)
+            _fail(str(exc), exc.exit_code)
         _print_summary(summary, store)
         if not no_report:
             from nclab.report import build_report  # noqa: PLC0415
@@ -369,7 +384,7 @@ def _register_study(app: typer.Typer) -> None:
         try:
             rep = build_report(store_dir, out_dir=out)
         except (FileNotFoundError, ValueError, RuntimeError) as exc:  # RuntimeError: StoreError (corrupt store)
-            _fail(str(exc))
+            _fail(str(exc), getattr(exc, "exit_code", 2))
         except OSError as exc:
             _io_fail(exc, "cannot write the report (a read-only store needs --out elsewhere)")
         if as_json:

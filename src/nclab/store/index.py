@@ -32,8 +32,16 @@ migration.) A diverged run is not retried: it would diverge again.
 
 ``RunStore(root, readonly=True)`` (also chosen automatically when ``create=False`` and the
 store cannot be written) opens ``index.sqlite`` through a ``mode=ro`` URI and never sets WAL
-mode or writes anything, so reports and exports work on read-only media; if SQLite cannot
-even create its shared-memory file there, the database is opened as ``immutable``.
+mode or writes anything, so reports and exports work on read-only media. If SQLite cannot
+even create its shared-memory file there, a store with a non-empty ``-wal`` file is read from
+a private copy of ``index.sqlite`` and its WAL (the WAL holds the newest commits: reading the
+main file alone would be stale); without a WAL the file is read as ``immutable``.
+
+Every SQLite error is raised as a :class:`StoreError` that names the file and carries the
+command-line exit code: 2 for a corrupt or foreign file (also a zero-byte file opened for
+reading, a non-integer ``schema_version`` and a row whose status is not one of
+:data:`STATUSES`), 4 (:class:`StoreIOError`) when the system refuses (disk full, I/O error,
+read-only, locked for longer than the busy timeout).
 
 Works on local disks; SQLite's WAL mode does not work over network file systems (NFS/SMB):
 share a store across machines through one driver (the Ray executor) instead.
@@ -42,21 +50,25 @@ share a store across machines through one driver (the Ray executor) instead.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import os
+import shutil
 import socket
 import sqlite3
+import tempfile
 import threading
 import time
 import uuid
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from nclab.store.files import atomic_write_bytes, atomic_write_text, to_json
 
-__all__ = ["RunStore", "Owner", "STATUSES", "StoreError", "pid_start_time", "pid_alive", "flatten"]
+__all__ = ["RunStore", "Owner", "STATUSES", "StoreError", "StoreIOError", "pid_start_time", "pid_alive", "flatten"]
 
 STATUSES: tuple[str, ...] = ("pending", "running", "completed", "failed", "diverged")
 SCHEMA_VERSION = 1
@@ -66,7 +78,60 @@ _STATUS = "(CASE WHEN runs.status = 'completed' AND runs.outcome = 'diverged' TH
 
 
 class StoreError(RuntimeError):
-    """A results store that cannot be opened or read (corrupt file, bad row), named in the message."""
+    """A results store that cannot be opened or read (corrupt file, bad row), named in the message.
+
+    ``exit_code`` is the command-line exit code: 2 (bad input: corrupt or foreign store)."""
+
+    exit_code = 2
+
+
+class StoreIOError(StoreError):
+    """The system refused the store (disk full, I/O error, read-only, locked): exit code 4."""
+
+    exit_code = 4
+
+
+# primary SQLite result codes (the low byte of an extended code) the system is to blame for
+_IO_CODES = {
+    sqlite3.SQLITE_FULL: "disk full (no space left for the store); nothing was lost: free space and rerun",
+    sqlite3.SQLITE_IOERR: "disk I/O error",
+    sqlite3.SQLITE_READONLY: "read-only (cannot write the store)",
+    sqlite3.SQLITE_CANTOPEN: "cannot be opened",
+    sqlite3.SQLITE_PERM: "permission denied",
+    sqlite3.SQLITE_BUSY: "locked by another process for longer than the 60 s busy timeout; retry later",
+    sqlite3.SQLITE_LOCKED: "locked by another connection; retry later",
+    sqlite3.SQLITE_NOMEM: "out of memory",
+    sqlite3.SQLITE_NOLFS: "too large for this file system",
+}
+
+
+def store_error(exc: BaseException, db_path: str | Path) -> StoreError:
+    """The one-line :class:`StoreError` (exit 2) or :class:`StoreIOError` (exit 4) for an
+    ``sqlite3`` error raised while using the store ``db_path``."""
+    if isinstance(exc, StoreError):
+        return exc
+    code = getattr(exc, "sqlite_errorcode", None)
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if code is None and "database or disk is full" in text:
+        code = sqlite3.SQLITE_FULL
+    if code is not None and (code & 0xFF) in _IO_CODES:
+        return StoreIOError(f"results store {db_path}: {_IO_CODES[code & 0xFF]} ({text})")
+    return StoreError(
+        f"{db_path} is not a readable nclab results store ({text}); restore it from a copy or start a new store"
+    )
+
+
+def _mapped(fn):
+    """Raise every ``sqlite3`` error of a :class:`RunStore` method as a :func:`store_error`."""
+
+    @functools.wraps(fn)
+    def wrapper(self: "RunStore", *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(self, *args, **kwargs)
+        except (sqlite3.Error, UnicodeDecodeError) as exc:  # text that is not UTF-8: a damaged page
+            raise store_error(exc, self.db_path) from exc
+
+    return wrapper
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -174,12 +239,19 @@ class RunStore:
                  readonly: bool = False):
         self.root = Path(root)
         self.db_path = self.root / "index.sqlite"
+        self.wal_path = self.root / "index.sqlite-wal"
+        self._copy: Path | None = None  # private copy of db + WAL (read-only media, see _connect_readonly)
+        self._copy_lock = threading.Lock()
         if (not create or readonly) and not self.db_path.exists():
             raise FileNotFoundError(f"no results store at {self.root} (missing {self.db_path})")
         if self.root.exists() and not self.root.is_dir():
             raise StoreError(f"results store {self.root} is a file, not a directory")
         if self.db_path.exists() and not self.db_path.is_file():
             raise StoreError(f"{self.db_path} is not a file")
+        if (not create or readonly) and _size(self.db_path) == 0 and not _size(self.wal_path):
+            # SQLite would read a zero-byte file as an empty database: a store that lost its data
+            raise StoreError(f"{self.db_path} is empty (0 bytes), not an nclab results store; "
+                             "restore it from a copy or delete it to start a new store")
         if not create and not readonly:
             # nothing to create: open read-only when this process cannot write the store
             readonly = not (os.access(self.db_path, os.W_OK) and os.access(self.root, os.W_OK | os.X_OK))
@@ -194,25 +266,56 @@ class RunStore:
         self._local = threading.local()
         try:
             self._init_schema()
-        except sqlite3.OperationalError as exc:
-            if create or readonly or not _is_readonly_error(exc):
-                raise StoreError(f"cannot open results store {self.db_path}: {exc}") from None
+        except (sqlite3.Error, UnicodeDecodeError) as exc:
+            if create or readonly or not isinstance(exc, sqlite3.OperationalError) or not _is_readonly_error(exc):
+                self.close()
+                raise store_error(exc, self.db_path) from exc
             self.close()  # read-only media that os.access did not detect: read it read-only
             self.readonly = True
-            self._init_schema()
+            try:
+                self._init_schema()
+            except (sqlite3.Error, UnicodeDecodeError) as exc2:
+                self.close()
+                raise store_error(exc2, self.db_path) from exc2
 
     # ------------------------------------------------------------------ connection
     def _connect_readonly(self) -> sqlite3.Connection:
-        uri = self.db_path.resolve().as_uri()
-        con = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=60.0, isolation_level=None)
+        if self._copy is not None:
+            return _connect_ro(self._copy)
+        con = _connect_ro(self.db_path)
         try:
             con.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+            return con
         except sqlite3.OperationalError:
-            # a WAL database on media where SQLite cannot create its -shm file: nobody can
-            # write there either, so reading it as immutable is safe
             con.close()
-            con = sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, timeout=60.0, isolation_level=None)
-        return con
+        # A WAL database on media where SQLite cannot create its -shm file (nobody can write
+        # there either). ``immutable`` would ignore the WAL, whose commits are the newest: read a
+        # private copy of the database and its WAL instead; without a WAL the file is complete.
+        if not _size(self.wal_path):
+            return _connect_ro(self.db_path, immutable=True)
+        with self._copy_lock:
+            if self._copy is None:
+                self._copy = self._private_copy()
+        return _connect_ro(self._copy)
+
+    def _private_copy(self) -> Path:
+        tmp = Path(tempfile.mkdtemp(prefix="nclab-store-"))
+        weakref.finalize(self, shutil.rmtree, str(tmp), True)
+        copy = tmp / "index.sqlite"
+        try:
+            shutil.copyfile(self.db_path, copy)
+            shutil.copyfile(self.wal_path, tmp / "index.sqlite-wal")
+            con = sqlite3.connect(copy, isolation_level=None)
+            try:
+                con.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # fold the WAL's commits into the copy
+            finally:
+                con.close()
+        except OSError as exc:
+            raise StoreIOError(
+                f"results store {self.db_path} is read-only with a WAL file, and copying it to read it failed: "
+                f"{exc.strerror or exc} ({tempfile.gettempdir()})"
+            ) from exc
+        return copy
 
     def _con(self) -> sqlite3.Connection:
         con = getattr(self._local, "con", None)
@@ -246,39 +349,72 @@ class RunStore:
             return self.con
 
         def __exit__(self, exc_type, exc, tb) -> None:
-            self.con.execute("COMMIT" if exc_type is None else "ROLLBACK")
+            if exc_type is None:
+                self.con.execute("COMMIT")
+            elif self.con.in_transaction:  # SQLite may have rolled back itself (e.g. disk full)
+                try:
+                    self.con.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass  # keep the original error
 
     def _tx(self) -> "RunStore._Tx":
         return RunStore._Tx(self._con())
 
     def _init_schema(self) -> None:
-        try:
-            self._init_schema_unchecked()
-        except sqlite3.DatabaseError as exc:
-            if isinstance(exc, sqlite3.OperationalError) and _is_readonly_error(exc):
-                raise
-            raise StoreError(
-                f"{self.db_path} is not a readable nclab results store ({exc}); "
-                "restore it from a copy or start a new store"
-            ) from None
-
-    def _init_schema_unchecked(self) -> None:
+        """Check (read-only) or create the schema; raises ``sqlite3`` errors and StoreError."""
+        if not self.readonly and _size(self.db_path):
+            # look before the read-write connection switches the file to WAL mode (a write)
+            probe = _connect_ro(self.db_path)
+            try:
+                self._refuse_foreign(self._tables(probe))
+            finally:
+                probe.close()
         con = self._con()
+        # pages a query would not touch can be corrupt too: refuse the store now, in one line
+        problem = con.execute("PRAGMA quick_check(1)").fetchone()[0]
+        if problem != "ok":
+            if "CHECK constraint" in str(problem) and "runs" in self._tables(con):
+                bad = self._unknown_status(con)  # name the run, not just the table
+                if bad is not None:
+                    raise bad
+            problem = " ".join(str(problem).replace("*** in database main ***", "").split())
+            raise StoreError(f"{self.db_path} is corrupt ({problem}); not a readable nclab results store: "
+                             "restore it from a copy or start a new store")
         if self.readonly:
-            tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            tables = self._tables(con)
             if not {"meta", "runs", "sweep_runs"} <= tables:
                 raise StoreError(f"{self.db_path} is not an nclab results store (tables: {sorted(tables)})")
-            row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-            if row is not None and int(row[0]) != SCHEMA_VERSION:
-                raise RuntimeError(f"{self.db_path}: schema version {row[0]}, this nclab reads {SCHEMA_VERSION}")
+            self._check_version(con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone())
             return
-        con.executescript(_SCHEMA)  # idempotent (IF NOT EXISTS); executescript commits itself
-        with self._tx() as c:
+        with self._tx() as c:  # one transaction: a concurrent opener sees no half-made schema
+            self._refuse_foreign(self._tables(c))
+            for stmt in _SCHEMA.split(";"):
+                if stmt.strip():
+                    c.execute(stmt)  # idempotent (IF NOT EXISTS)
             row = c.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
             if row is None:
                 c.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-            elif int(row[0]) != SCHEMA_VERSION:
-                raise RuntimeError(f"{self.db_path}: schema version {row[0]}, this nclab reads {SCHEMA_VERSION}")
+            self._check_version(row)
+
+    def _refuse_foreign(self, tables: set[str]) -> None:
+        if tables and "meta" not in tables:  # another program's database: never add tables to it
+            raise StoreError(f"{self.db_path} is not an nclab results store (tables: {sorted(tables)})")
+
+    @staticmethod
+    def _tables(con: sqlite3.Connection) -> set[str]:
+        return {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+    def _check_version(self, row: Any) -> None:
+        if row is None:
+            return
+        try:
+            version = int(row[0])
+        except (TypeError, ValueError):
+            raise StoreError(
+                f"{self.db_path}: schema_version {row[0]!r} is not an integer; not a readable nclab results store"
+            ) from None
+        if version != SCHEMA_VERSION:
+            raise StoreError(f"{self.db_path}: schema version {version}, this nclab reads {SCHEMA_VERSION}")
 
     def close(self) -> None:
         con = getattr(self._local, "con", None)
@@ -286,11 +422,22 @@ class RunStore:
             con.close()
             self._local.con = None
 
+    def _unknown_status(self, con: sqlite3.Connection) -> StoreError | None:
+        """The error for the first row whose status is not one of STATUSES (None if all are)."""
+        known = ",".join(f"'{s}'" for s in STATUSES)
+        r = con.execute(f"SELECT hash, name, status FROM runs WHERE {_STATUS} NOT IN ({known}) "
+                        "OR status IS NULL ORDER BY rowid LIMIT 1").fetchone()
+        if r is None:
+            return None
+        return StoreError(f"run {r['hash']} ({r['name']}) in {self.db_path} has status {r['status']!r}, "
+                          f"not one of {', '.join(STATUSES)}; fix or delete its row")
+
     # ------------------------------------------------------------------ writes
     def run_dir(self, hash_: str) -> Path:
         """The run directory of ``hash_`` (``STORE/runs/<hash>``)."""
         return self.runs_dir / hash_
 
+    @_mapped
     def register(self, runs: Iterable[Any], *, sweep: str | None = None) -> int:
         """Insert runs (objects or dicts with ``hash``, ``name``, ``config``) as pending unless
         present; returns how many rows are new. Existing rows are never changed."""
@@ -308,6 +455,7 @@ class RunStore:
                     con.execute("INSERT OR IGNORE INTO sweep_runs (sweep, hash) VALUES (?, ?)", (sweep, h))
         return new
 
+    @_mapped
     def claim(self, hash_: str, owner: Owner) -> bool:
         """Atomically ``pending -> running`` for ``owner``; False if the run is not pending."""
         now = time.time()
@@ -319,6 +467,7 @@ class RunStore:
         )
         return cur.rowcount == 1
 
+    @_mapped
     def heartbeat(self, owner: Owner) -> int:
         """Refresh the heartbeat of every run ``owner`` holds; returns how many."""
         cur = self._con().execute(
@@ -326,6 +475,7 @@ class RunStore:
         )
         return cur.rowcount
 
+    @_mapped
     def complete(self, hash_: str, owner: Owner, final: dict[str, Any], *, outcome: str = "completed") -> bool:
         """``running -> completed`` with the final metrics, iff ``owner`` still holds the run."""
         now = time.time()
@@ -336,6 +486,7 @@ class RunStore:
         )
         return cur.rowcount == 1
 
+    @_mapped
     def fail(self, hash_: str, owner: Owner, error: str) -> bool:
         """``running -> failed`` with the error text (traceback), iff ``owner`` still holds it."""
         now = time.time()
@@ -346,6 +497,7 @@ class RunStore:
         )
         return cur.rowcount == 1
 
+    @_mapped
     def release(self, hash_: str, owner: Owner) -> bool:
         """Give a claimed run back (``running -> pending``), e.g. on Ctrl-C."""
         cur = self._con().execute(
@@ -355,6 +507,7 @@ class RunStore:
         )
         return cur.rowcount == 1
 
+    @_mapped
     def reclaim_stale(self, *, host: str | None = None) -> list[str]:
         """Return dead owners' runs to ``pending``: on this host when the claiming pid is gone
         (or reused), anywhere when the heartbeat is older than ``stale_after``."""
@@ -380,6 +533,7 @@ class RunStore:
                     reclaimed.append(r["hash"])
         return reclaimed
 
+    @_mapped
     def requeue_failed(self, hashes: Sequence[str] | None = None) -> int:
         """``failed -> pending`` for ``hashes`` (all failed runs if None); returns how many."""
         con = self._con()
@@ -394,6 +548,7 @@ class RunStore:
         return n
 
     # ------------------------------------------------------------------ reads
+    @_mapped
     def status_of(self, hashes: Sequence[str]) -> dict[str, str]:
         """``{hash: status}`` for the given hashes that exist."""
         out: dict[str, str] = {}
@@ -402,25 +557,34 @@ class RunStore:
         for i in range(0, len(hs), 500):
             chunk = hs[i : i + 500]
             q = f"SELECT hash, {_STATUS} AS status FROM runs WHERE hash IN ({','.join('?' * len(chunk))})"
-            out.update({r["hash"]: r["status"] for r in con.execute(q, chunk)})
+            for r in con.execute(q, chunk):
+                if r["status"] not in STATUSES:
+                    raise self._unknown_status(con) or StoreError(f"{self.db_path}: unknown status {r['status']!r}")
+                out[r["hash"]] = r["status"]
         return out
 
+    @_mapped
     def counts(self, hashes: Sequence[str] | None = None) -> dict[str, int]:
         """Number of runs per status (all runs, or only ``hashes``)."""
         out = dict.fromkeys(STATUSES, 0)
         if hashes is None:
-            for r in self._con().execute(f"SELECT {_STATUS} AS status, COUNT(*) AS n FROM runs GROUP BY 1"):
+            con = self._con()
+            for r in con.execute(f"SELECT {_STATUS} AS status, COUNT(*) AS n FROM runs GROUP BY 1"):
+                if r["status"] not in STATUSES:
+                    raise self._unknown_status(con) or StoreError(f"{self.db_path}: unknown status {r['status']!r}")
                 out[r["status"]] = r["n"]
         else:
             for s in self.status_of(hashes).values():
                 out[s] += 1
         return out
 
+    @_mapped
     def get(self, hash_: str) -> dict[str, Any] | None:
         """One run as a dict (config and final decoded), or None."""
         r = self._con().execute("SELECT * FROM runs WHERE hash = ?", (hash_,)).fetchone()
-        return None if r is None else _decode(r)
+        return None if r is None else _decode(r, self.db_path)
 
+    @_mapped
     def rows(self, *, status: str | None = None, sweep: str | None = None) -> list[dict[str, Any]]:
         """All runs (optionally one status and/or one sweep), in insertion order, decoded."""
         if status is not None and status not in STATUSES:
@@ -438,16 +602,19 @@ class RunStore:
         if conds:
             q += " WHERE " + " AND ".join(conds)
         q += " ORDER BY runs.rowid"
-        return [_decode(r) for r in self._con().execute(q, args)]
+        return [_decode(r, self.db_path) for r in self._con().execute(q, args)]
 
+    @_mapped
     def sweeps(self) -> list[str]:
         """Names of the sweeps registered in this store."""
         return [r[0] for r in self._con().execute("SELECT DISTINCT sweep FROM sweep_runs ORDER BY sweep")]
 
+    @_mapped
     def total_rows(self) -> int:
         return int(self._con().execute("SELECT COUNT(*) FROM runs").fetchone()[0])
 
     # ------------------------------------------------------------------ export
+    @_mapped
     def table(self, *, status: str | None = "completed", sweep: str | None = None) -> list[dict[str, Any]]:
         """Flat records: run columns, ``config.<dotted>`` and ``final.<metric>`` columns."""
         out = []
@@ -459,6 +626,7 @@ class RunStore:
             out.append(rec)
         return out
 
+    @_mapped
     def export_csv(self, path: str | Path, *, status: str | None = "completed", sweep: str | None = None) -> int:
         """Write :meth:`table` as CSV (union of columns, blanks where missing); returns rows."""
         recs = self.table(status=status, sweep=sweep)
@@ -471,6 +639,7 @@ class RunStore:
         atomic_write_text(path, buf.getvalue())  # never a half-written export
         return len(recs)
 
+    @_mapped
     def export_parquet(self, path: str | Path, *, status: str | None = "completed", sweep: str | None = None) -> int:
         """Write :meth:`table` as Parquet (needs ``pyarrow``: ``pip install 'nclab[parquet]'``)."""
         try:
@@ -498,10 +667,13 @@ def _field(obj: Any, name: str) -> Any:
     return obj[name] if isinstance(obj, dict) else getattr(obj, name)
 
 
-def _decode(r: sqlite3.Row) -> dict[str, Any]:
+def _decode(r: sqlite3.Row, db_path: Path | str = "the results store") -> dict[str, Any]:
     d = dict(r)
     if d.get("status") == "completed" and d.get("outcome") == "diverged":
         d["status"] = "diverged"  # see the module docstring
+    if d.get("status") not in STATUSES:  # a CHECK bypassed by another program: say so, never skip it
+        raise StoreError(f"run {d.get('hash')} ({d.get('name')}) in {db_path} has status {d.get('status')!r}, "
+                         f"not one of {', '.join(STATUSES)}; fix or delete its row")
     for key, empty in (("config", {}), ("final", None)):
         try:
             d[key] = json.loads(d[key]) if d[key] else empty
@@ -511,6 +683,19 @@ def _decode(r: sqlite3.Row) -> dict[str, Any]:
                 f"(not JSON: {exc}); re-run it or delete its row"
             ) from None
     return d
+
+
+def _size(path: Path) -> int | None:
+    """Size of ``path`` in bytes, None when it does not exist."""
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
+
+
+def _connect_ro(path: Path, *, immutable: bool = False) -> sqlite3.Connection:
+    uri = Path(path).resolve().as_uri() + "?mode=ro" + ("&immutable=1" if immutable else "")
+    return sqlite3.connect(uri, uri=True, timeout=60.0, isolation_level=None)
 
 
 def _is_readonly_error(exc: BaseException) -> bool:
