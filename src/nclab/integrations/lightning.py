@@ -24,6 +24,8 @@ Conventions:
   ``clean_labels=`` (aligned with ``data``); without them those keys are absent;
 - only finite numeric scalars are logged (per-class lists and ``None`` are skipped);
   the full :class:`~nclab.metrics.NCResult` of the last run is ``callback.last_result``;
+- the collect pass runs the model in its own dtype and the Trainer's autocast context
+  (``precision="bf16-true"`` / ``"bf16-mixed"`` work; see :meth:`NeuralCollapseCallback.measure`);
 - under DDP the metrics are computed and logged on rank 0 only (the whole of ``data``
   on one process, as ``nclab.collect`` does); the other ranks skip the hook.
 
@@ -33,8 +35,11 @@ For one-pass metrics accumulated inside ``validation_step`` use
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from typing import Any
+
+import torch
 
 try:
     from lightning.pytorch import Callback
@@ -86,11 +91,34 @@ class NeuralCollapseCallback(Callback):
             return epoch in self.epochs
         return epoch % self.every_n_epochs == 0
 
-    def measure(self, pl_module: Any) -> dict[str, float]:
-        """Run both passes now; returns the prefixed scalar metrics (also kept in ``last_result``)."""
+    def measure(self, pl_module: Any, trainer: Any = None) -> dict[str, float]:
+        """Run both passes now; returns the prefixed scalar metrics (also kept in ``last_result``).
+
+        The model runs as the Trainer runs it: inputs go through the precision plugin's
+        ``convert_input`` (``bf16-true`` casts float batches to bfloat16) and the forward
+        runs in its ``forward_context`` (autocast under ``bf16-mixed``). Without a Trainer,
+        float inputs are cast to the dtype of the model's parameters."""
         from nclab.collect import collect  # noqa: PLC0415
 
-        self.last_result = collect(pl_module, self.data, **self.collect_kwargs)
+        if trainer is None:
+            trainer = getattr(pl_module, "_trainer", None)
+        plugin = getattr(trainer, "precision_plugin", None) if trainer is not None else None
+        if plugin is not None:
+            convert, context = plugin.convert_input, plugin.forward_context()
+        else:
+            dtype = next((p.dtype for p in pl_module.parameters() if p.is_floating_point()), None)
+
+            def convert(args: Any) -> Any:
+                return tuple(a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() and dtype is not None
+                             else a for a in args)
+
+            context = contextlib.nullcontext()
+        hook = pl_module.register_forward_pre_hook(lambda _module, args: convert(args))
+        try:
+            with context:
+                self.last_result = collect(pl_module, self.data, **self.collect_kwargs)
+        finally:
+            hook.remove()
         return {self.prefix + k: v for k, v in scalar_metrics(self.last_result.values).items()}
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
@@ -100,7 +128,7 @@ class NeuralCollapseCallback(Callback):
         distributed = trainer.world_size > 1
         if distributed and trainer.global_rank != 0:
             return
-        metrics = self.measure(pl_module)
+        metrics = self.measure(pl_module, trainer)
         self.last_epoch = epoch
         pl_module.log_dict(metrics, on_step=False, on_epoch=True, logger=True, prog_bar=False,
                            rank_zero_only=distributed)

@@ -24,6 +24,11 @@ sees each batch once cannot compute them exactly; use
 :class:`nclab.integrations.lightning.NeuralCollapseCallback` (both passes over a
 dataloader at chosen epochs) or :func:`nclab.collect`.
 
+**Precision.** The states are float64 whatever the module's dtype: ``.to(torch.bfloat16)``,
+``set_dtype`` and Lightning's ``precision="bf16-true"`` move them between devices but never
+round them; ``update`` casts its inputs (bf16, fp16, float32, ...) to float64, and the input
+dtype's round-off sets the numerical-rank tolerance of NC1.
+
 **State and distributed reduction.** All states are float64 sums
 (``dist_reduce_fx="sum"``) except the two per-class moment blocks (features and
 logits), each one flat tensor ``[count (C) | sum (C·d) | M2 (C) | within-class
@@ -179,6 +184,22 @@ class NeuralCollapse(Metric):
         # round-off of the input dtypes seen (float32 data -> float32-scale numerical rank in NC1)
         self.add_state("eps_features", zeros(), dist_reduce_fx="max", persistent=True)
         self.add_state("eps_logits", zeros(), dist_reduce_fx="max", persistent=True)
+
+    # ------------------------------------------------------------------ dtype
+    def _apply(self, fn: Any, exclude_state: Any = "") -> nn.Module:
+        """Move the states with the module (``.to(device)``, ``.cuda()``) but keep them float64.
+
+        ``.to(torch.bfloat16)``, ``set_dtype`` or a Lightning ``precision="bf16-true"`` that
+        converts the whole LightningModule would otherwise round the accumulated sums to the
+        new dtype; the inputs are cast in :meth:`update` instead."""
+        names = tuple(self._defaults)
+        this = super()._apply(fn, exclude_state=names)
+        dev = this.device
+        for key in names:
+            this._defaults[key] = this._defaults[key].to(device=dev, dtype=torch.float64)
+            setattr(this, key, getattr(this, key).to(device=dev, dtype=torch.float64))
+        this._dtype = torch.float64
+        return this
 
     # ------------------------------------------------------------------ helpers
     def _classifier_now(self, device: torch.device) -> tuple[Tensor | None, Tensor | None]:
