@@ -33,13 +33,45 @@ def digits_probs():
     return noisy, p, flip
 
 
-@pytest.mark.parametrize("method", ["self_confidence", "normalized_margin"])
+@pytest.mark.parametrize("method", ["self_confidence", "normalized_margin", "confidence_weighted_entropy"])
 def test_quality_scores_equal_cleanlab(digits_probs, method):
     y, p, _ = digits_probs
-    ours = get_label_quality_scores(y, pred_probs=p, method=method)
+    ours = get_label_quality_scores(y, p, method=method)  # pred_probs positionally, as in cleanlab
     ref = cleanlab_rank.get_label_quality_scores(y, p, method=method)
     assert ours.shape == ref.shape == y.shape and ours.dtype == np.float64
-    np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-9)
+    assert np.array_equal(ours, get_label_quality_scores(y, pred_probs=p, method=method))
+
+
+def test_confidence_weighted_entropy_edge_cases_equal_cleanlab():
+    # a one-hot row (zero entropy), a uniform row, and a zero self-confidence (clipped)
+    y = np.array([0, 1, 2, 0])
+    p = np.array([[1.0, 0.0, 0.0], [1 / 3, 1 / 3, 1 / 3], [0.5, 0.5, 0.0], [0.2, 0.3, 0.5]])
+    ours = get_label_quality_scores(y, p, method="confidence_weighted_entropy")
+    ref = cleanlab_rank.get_label_quality_scores(y, p, method="confidence_weighted_entropy")
+    np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-9)
+
+
+def test_positional_pred_probs_matches_cleanlab_flagged_set(digits_probs):
+    y, p, _ = digits_probs
+    ours = find_label_issues(y, p)  # the cleanlab habit: labels, pred_probs
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = cleanlab_filter.find_label_issues(y, p)
+    assert (ours & ref).sum() / (ours | ref).sum() >= 0.95
+
+
+def test_mixed_evidence_needs_a_named_rule(digits_probs):
+    y, p, _ = digits_probs
+    m = np.log(p[np.arange(len(y)), y] / (1 - p[np.arange(len(y)), y]))  # a margin per sample
+    with pytest.raises(ValueError, match="pred_probs= were given together: name the rule with filter_by="):
+        find_label_issues(y, p, margins=m)
+    with pytest.raises(ValueError, match="name the rule with method="):
+        get_label_quality_scores(y, p, margins=m)
+    assert np.array_equal(find_label_issues(y, p, margins=m, filter_by="aum"), find_label_issues(y, margins=m))
+    assert np.array_equal(find_label_issues(y, p, margins=m, filter_by="prune_by_noise_rate"), find_label_issues(y, p))
+    np.testing.assert_array_equal(get_label_quality_scores(y, p, margins=m, method="self_confidence"),
+                                  p[np.arange(len(y)), y])
 
 
 @pytest.mark.parametrize("filter_by,min_jaccard", [

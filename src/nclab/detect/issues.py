@@ -4,8 +4,9 @@
 conventions of ``cleanlab.rank.get_label_quality_scores`` and
 ``cleanlab.filter.find_label_issues``:
 
-* ``labels`` is the first positional argument (the given, possibly noisy,
-  integer labels, length n); every other argument is keyword-only;
+* ``labels`` (the given, possibly noisy, integer labels, length n) and
+  ``pred_probs`` are the two positional arguments, ``f(labels, pred_probs)``;
+  every other argument is keyword-only;
 * quality scores lie in [0, 1] and **lower** means more likely mislabeled;
 * ``find_label_issues`` returns a boolean mask of length n (True = flagged),
   or — with ``return_indices_ranked_by=METHOD`` — the indices of the flagged
@@ -13,8 +14,9 @@ conventions of ``cleanlab.rank.get_label_quality_scores`` and
   index).
 
 Unlike cleanlab, the evidence need not be predicted probabilities. Three kinds
-are accepted, and the default method is taken from the first one given in the
-order margins → pred_probs → features:
+are accepted; given one kind, the default method follows from it. Given more than
+one kind, name the rule (``method=`` for scores, ``filter_by=`` for flagged sets):
+nclab does not pick one by which arrays were passed, and says so in a one-line error.
 
 ``margins`` (E×n, or n): per-epoch logit margins ``m_{e,i} = z_{y_i} − max_{j≠y_i} z_j``
     as recorded by the trainer (:mod:`nclab.train.dynamics`;
@@ -23,8 +25,11 @@ order margins → pred_probs → features:
     Pleiss et al. 2020; for two classes σ(margin) is the softmax probability of
     the given label) and ``fit_epoch`` (``1 −`` :func:`~nclab.detect.scores.fit_epoch_scores`).
 ``pred_probs`` (n×K): predicted class probabilities, ideally out-of-sample.
-    Methods ``self_confidence`` (``p_{i,y_i}``) and ``normalized_margin``
-    (``(p_{i,y_i} − max_{j≠y_i} p_{i,j} + 1) / 2``), the same formulas as cleanlab.
+    Methods ``self_confidence`` (``p_{i,y_i}``), ``normalized_margin``
+    (``(p_{i,y_i} − max_{j≠y_i} p_{i,j} + 1) / 2``) and ``confidence_weighted_entropy``
+    (``r_i = H(p_i)/log K / max(p_{i,y_i}, 10⁻⁶)``, the normalised entropy over the
+    self-confidence, mapped to ``log(1 + r_i) / max(r_i, 10⁻⁶)``), the same formulas as
+    cleanlab's methods of these names.
 ``features`` (n×d): penultimate features of a trained model. Methods
     ``centroid_ratio`` (quality ``1 / (1 + r_i)``, ``r_i = ‖h_i − μ_{y_i}‖ /
     min_{c≠y_i} ‖h_i − μ_c‖``) and ``knn`` (``1 −`` the fraction of the ``k``
@@ -63,7 +68,8 @@ Flagged sets (``filter_by``), each with a stated rule rather than a top-k cut:
     another class's mean (of the given labels) than to its own label's mean.
 
 ``filter_by="auto"`` (default) picks ``aum``, ``prune_by_noise_rate`` or
-``nearest_centroid`` from the evidence given (same order as above).
+``nearest_centroid`` when exactly one kind of evidence is given; with more than one
+kind it is an error (name the rule).
 """
 
 from __future__ import annotations
@@ -71,6 +77,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from scipy.special import xlogy
+
 from nclab.detect.scores import (
     aum_scores,
     centroid_ratio_scores,
@@ -86,11 +94,14 @@ QUALITY_METHODS: dict[str, str] = {
     "fit_epoch": "margins",
     "self_confidence": "pred_probs",
     "normalized_margin": "pred_probs",
+    "confidence_weighted_entropy": "pred_probs",
     "centroid_ratio": "features",
     "knn": "features",
     "combined": "features+margins",
 }
 """Quality methods and the evidence each needs."""
+
+_CLIP = 1e-6  # cleanlab's lower clip of self-confidence and of the entropy ratio
 
 FILTERS: dict[str, str] = {
     "aum": "margins",
@@ -161,8 +172,17 @@ def _evidence(labels, pred_probs, features, margins) -> tuple[np.ndarray, dict[s
     return y, ev
 
 
-def _default_method(ev: dict[str, Any]) -> str:
-    return "aum" if "margins" in ev else "self_confidence" if "pred_probs" in ev else "centroid_ratio"
+_AUTO_METHOD = {"margins": "aum", "pred_probs": "self_confidence", "features": "centroid_ratio"}
+_AUTO_FILTER = {"margins": "aum", "pred_probs": "prune_by_noise_rate", "features": "nearest_centroid"}
+
+
+def _auto(ev: dict[str, Any], table: dict[str, str], arg: str, valid: dict[str, str]) -> str:
+    """The rule implied by the one kind of evidence given; several kinds need it named."""
+    if len(ev) > 1:
+        given = " and ".join(f"{k}=" for k in ev)
+        fits = [m for m, need in valid.items() if set(need.split("+")) <= set(ev)]
+        raise ValueError(f"{given} were given together: name the rule with {arg}= (one of {', '.join(fits)})")
+    return table[next(iter(ev))]
 
 
 def _need(what: str, ev: dict[str, Any], name: str, kind: str) -> None:
@@ -181,11 +201,15 @@ def _quality(method: str, y: np.ndarray, ev: dict[str, Any], *, num_classes: int
         return 0.5 * (1.0 + np.tanh(0.5 * aum))  # σ(aum) without overflow
     if method == "fit_epoch":
         return 1.0 - fit_epoch_scores(ev["margins"])
-    if method in ("self_confidence", "normalized_margin"):
+    if method in ("self_confidence", "normalized_margin", "confidence_weighted_entropy"):
         p = ev["pred_probs"]
         own = p[np.arange(y.shape[0]), y]
         if method == "self_confidence":
             return own
+        if method == "confidence_weighted_entropy":
+            entropy = -xlogy(p, p).sum(axis=1) / np.log(p.shape[1])  # in [0, 1]
+            ratio = entropy / np.maximum(own, _CLIP)
+            return np.log1p(ratio) / np.maximum(ratio, _CLIP)
         other = p.copy()
         other[np.arange(y.shape[0]), y] = -np.inf
         return (own - other.max(axis=1) + 1.0) / 2.0
@@ -204,8 +228,8 @@ def _quality(method: str, y: np.ndarray, ev: dict[str, Any], *, num_classes: int
 
 def get_label_quality_scores(
     labels: Any,
-    *,
     pred_probs: Any = None,
+    *,
     features: Any = None,
     margins: Any = None,
     method: str | None = None,
@@ -216,14 +240,17 @@ def get_label_quality_scores(
     (cleanlab's convention). float64 (n,).
 
     ``method`` (see the module docstring for the formulas): ``aum`` / ``fit_epoch``
-    (margins), ``self_confidence`` / ``normalized_margin`` (pred_probs; identical to
-    cleanlab's), ``centroid_ratio`` / ``knn`` (features), ``combined`` (features and
-    margins). Default: ``aum`` if margins are given, else ``self_confidence`` if
-    pred_probs, else ``centroid_ratio``. ``num_classes`` (feature methods; default
+    (margins), ``self_confidence`` / ``normalized_margin`` / ``confidence_weighted_entropy``
+    (pred_probs; identical to cleanlab's), ``centroid_ratio`` / ``knn`` (features),
+    ``combined`` (features and margins). Default, when one kind of evidence is given:
+    ``aum`` (margins), ``self_confidence`` (pred_probs) or ``centroid_ratio`` (features);
+    with several kinds ``method`` must be named. ``num_classes`` (feature methods; default
     max label + 1) and ``k`` (knn) are passed on. No clean labels are used.
     """
     y, ev = _evidence(labels, pred_probs, features, margins)
-    return _quality(method or _default_method(ev), y, ev, num_classes=num_classes, k=k)
+    if method is None:
+        method = _auto(ev, _AUTO_METHOD, "method", QUALITY_METHODS)
+    return _quality(method, y, ev, num_classes=num_classes, k=k)
 
 
 # --------------------------------------------------------------- confident learning
@@ -305,8 +332,8 @@ def _cl_filter(rule: str, y: np.ndarray, p: np.ndarray, *, frac_noise: float, mi
 
 def find_label_issues(
     labels: Any,
-    *,
     pred_probs: Any = None,
+    *,
     features: Any = None,
     margins: Any = None,
     filter_by: str = "auto",
@@ -326,14 +353,15 @@ def find_label_issues(
     ``AUM ≤ percentile(AUM of threshold samples, threshold_percentile)``, else
     ``AUM < 0``), the confident-learning rules ``prune_by_noise_rate``,
     ``prune_by_class``, ``both``, ``confident_learning``, ``predicted_neq_given``
-    (pred_probs), ``nearest_centroid`` (features), or ``auto``. ``frac_noise``
+    (pred_probs), ``nearest_centroid`` (features), or ``auto`` (the rule of the one kind
+    of evidence given; an error when several kinds are given). ``frac_noise``
     scales the confident-learning counts (1 = the estimated number of issues) and
     ``min_examples_per_class`` of each given label always stay unflagged, as in
     cleanlab. No clean labels are used.
     """
     y, ev = _evidence(labels, pred_probs, features, margins)
     if filter_by == "auto":
-        filter_by = "aum" if "margins" in ev else "prune_by_noise_rate" if "pred_probs" in ev else "nearest_centroid"
+        filter_by = _auto(ev, _AUTO_FILTER, "filter_by", FILTERS)
     if filter_by not in FILTERS:
         raise ValueError(f"unknown filter_by {filter_by!r}; valid: auto, {', '.join(FILTERS)}")
     _need(FILTERS[filter_by], ev, filter_by, "filter_by")
