@@ -108,21 +108,21 @@ def test_train_by_shipped_name_writes_plain_progress_to_a_log(tmp_path):
 
 
 def test_plain_progress_is_rate_limited(capsys, monkeypatch):
-    from nclab.train.loop import _Progress
+    from nclab.train.progress import Progress
 
     monkeypatch.setenv("NCLAB_PROGRESS_SECONDS", "3600")
     for k in _FORCE_TTY:
         monkeypatch.delenv(k, raising=False)
-    bar = _Progress(True, 10, 0, "x")
+    bar = Progress(True, [("x", 10, 0)])
     assert bar.plain  # pytest's captured stderr is not a terminal
     for e in range(1, 6):
-        bar.update(e, None, 0.5)
+        bar.update(0, e, None, 0.5)
     bar.close()
     err = capsys.readouterr().err.splitlines()
     # the first epoch, then (interval not reached) only where the run stopped
     assert [ln.split()[2] for ln in err] == ["1/10", "5/10"]
-    silent = _Progress(False, 10, 0, "x")
-    silent.update(1, None, 0.5)
+    silent = Progress(False, [("x", 10, 0)])
+    silent.update(0, 1, None, 0.5)
     silent.close()
     assert capsys.readouterr().err == ""
 

@@ -305,7 +305,7 @@ def test_disk_full_during_append_leaves_whole_lines_and_the_run_resumes(tmp_path
         fake.armed = n["appends"] == 3
         return real_append(path, record)
 
-    monkeypatch.setattr("nclab.train.loop.append_jsonl", arm_on_third)
+    monkeypatch.setattr("nclab.train.session.append_jsonl", arm_on_third)
     with pytest.raises(OSError) as exc:
         train(cfg, run_dir=d, progress=False)
     assert exc.value.errno == errno.ENOSPC and "left as it was" in str(exc.value)
@@ -381,21 +381,21 @@ def test_cli_sigterm_exits_143_and_prints_how_to_resume(tmp_path):
 def test_non_finite_logits_are_divergence_not_bad_input(tmp_path, monkeypatch, record_dynamics):
     """Finite weights, finite training loss, but eval-mode logits overflow (a BatchNorm running
     mean of -inf): that is divergence (status diverged, exit 3), not bad input."""
-    from nclab.train import loop
+    from nclab.train.engine import StackEngine
 
-    real = loop.train_one_epoch
+    real = StackEngine.train_epoch
     calls = {"n": 0}
 
-    def poisoned(model, *args, **kwargs):
-        loss = real(model, *args, **kwargs)
+    def poisoned(self, lrs):
+        losses = real(self, lrs)
         calls["n"] += 1
         if calls["n"] == 2:
-            for m in model.modules():
-                if isinstance(m, torch.nn.BatchNorm1d):
-                    m.running_mean.fill_(float("-inf"))  # buffers, not parameters: only eval mode sees it
-        return loss
+            for name, buf in self.model.buffers.items():
+                if name.endswith("running_mean"):
+                    buf.fill_(float("-inf"))  # buffers, not parameters: only eval mode sees it
+        return losses
 
-    monkeypatch.setattr(loop, "train_one_epoch", poisoned)
+    monkeypatch.setattr(StackEngine, "train_epoch", poisoned)
     d = tmp_path / "run"
     r = train(tiny(epochs=3, record_dynamics=record_dynamics), run_dir=d, progress=False)
     assert r.status == "diverged" and r.diverged_epoch == 2 and r.epoch == 1

@@ -1,7 +1,7 @@
-"""Stacked training: a member of a stack is the run trained alone (same thread count).
+"""Stacked training: a member of a stack is the run trained alone (same thread count), bit for bit.
 
-The float64 tests cast the data to float64 (the trainer keeps the data's dtype) so that
-the comparison is about the algorithm, not float32 summation order.
+A solo run is a stack of one. The model-level float64 tests compare the stacked model
+with torch's own modules and optimizers (the algorithm, not float32 summation order).
 """
 
 from __future__ import annotations
@@ -24,11 +24,9 @@ import torch.nn.functional as F
 from nclab.models import build_model
 from nclab.seeding import torch_generator
 from nclab.store.files import read_jsonl
-from nclab.train import TrainConfig, train
-from nclab.train import loop as train_loop
-from nclab.train import stacked as stacked_mod
+from nclab.train import TrainConfig, load_checkpoint, train
 from nclab.train.stacked import group_stacks, stack_key, train_stack
-from nclab.train.stacked_model import StackedModel, StackedOptimizer, stacked_ce_ls_loss
+from nclab.train.stacked_model import StackedModel, StackedOptimizer, stackable, stacked_ce_ls_loss
 
 TIMING = {"elapsed_s", "epoch_time_s", "eval_time_s"}
 # Nearest-class-centre mismatch counts argmax disagreements: samples whose ReLU features are
@@ -43,26 +41,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-@pytest.fixture
-def float64(monkeypatch):
-    """Default dtype float64 and float64 inputs for both trainers."""
-    real = train_loop.prepare_data
-
-    def prep(*args, **kwargs):
-        d = real(*args, **kwargs)
-        d.x_train, d.x_test = d.x_train.double(), d.x_test.double()
-        if d.x_val is not None:
-            d.x_val = d.x_val.double()
-        return d
-
-    monkeypatch.setattr(train_loop, "prepare_data", prep)
-    monkeypatch.setattr(stacked_mod, "prepare_data", prep)
-    before = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(before)
 
 
 def cfg(**over) -> TrainConfig:
@@ -101,17 +79,15 @@ def assert_records_close(a: list[dict], b: list[dict], *, tol: float) -> None:
 
 
 # ---------------------------------------------------------------- the stacked model itself
-@pytest.mark.parametrize("name,shape,kw", [("mlp", (12,), {"depth": 3, "width": 16}), ("cnn", (1, 8, 8), {"width": 4})])
 @pytest.mark.parametrize("opt", ["sgd", "nesterov", "adam"])
-def test_stacked_model_and_optimizer_equal_solo(name, shape, kw, opt):
+def test_stacked_model_and_optimizer_equal_solo(opt):
     torch.set_default_dtype(torch.float64)
     try:
-        k = 3
-        members = [build_model(name, input_shape=shape, num_classes=3, generator=torch_generator(s, "init"), **kw)
-                   for s in range(k)]
+        k, shape = 3, (12,)
+        members = [build_model("mlp", input_shape=shape, num_classes=3, generator=torch_generator(s, "init"),
+                               depth=3, width=16) for s in range(k)]
         solo = [copy.deepcopy(m) for m in members]
         st = StackedModel(members)
-        assert (st.plan is not None) == (name == "mlp")  # the MLP takes the explicit bmm path
         lrs = [0.1, 0.03, 0.2]  # per-member learning rates
         if opt == "adam":
             so = StackedOptimizer(st.parameters(), name="adam", lr=torch.tensor(lrs) / 10,
@@ -218,45 +194,66 @@ def test_stacked_model_select_and_load_member():
     with pytest.raises(ValueError, match="architecture"):
         StackedModel([members[0], build_model("mlp", input_shape=(5,), num_classes=2,
                                               generator=torch_generator(0, "init"), depth=2, width=5)])
+    cnn = build_model("cnn", input_shape=(1, 8, 8), num_classes=2, generator=torch_generator(0, "init"), width=4)
+    assert stackable(members[0]) and not stackable(cnn)
+    with pytest.raises(ValueError, match="MLP"):
+        StackedModel([cnn])
 
 
 # ---------------------------------------------------------------- stack vs solo runs
-def test_stack_members_equal_solo_runs_float64(tmp_path, float64):
-    configs = [cfg(seed=s, loss={"name": loss}, optim={"lr": lr})
+def _same_files(a: Path, b: Path) -> None:
+    names = lambda d: sorted(p.relative_to(d).as_posix() for p in d.rglob("*") if p.name != ".nclab.lock")
+    assert names(a) == names(b)
+
+
+def _user_model(*, input_shape, num_classes):  # nclab initialises it from the run's "init" stream
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(int(np.prod(input_shape)), 12), torch.nn.Tanh(),
+                               torch.nn.Linear(12, num_classes))
+
+
+def _user_data():
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(n_class=2, return_X_y=True)
+    return {"x": (x / 16.0).astype(np.float32)[:240], "y": y[:240]}
+
+
+@pytest.mark.parametrize("user", [False, True], ids=["mlp-stacked", "user-data-and-model"])
+def test_a_run_gives_the_same_bits_alone_and_in_any_stack(tmp_path, user):
+    """float32: solo, a stack of one and a member of a stack of 4 write identical records,
+    features and dynamics. nclab's MLP trains as one stacked model, a user's model module by
+    module: either way the engine depends on the model, not on the stack."""
+    configs = [cfg(seed=s, loss={"name": loss}, optim={"lr": lr}, record_dynamics=True)
                for s, loss, lr in [(0, "ce", 0.05), (0, "ls", 0.05), (1, "ce", 0.02), (2, "ls", 0.08)]]
-    stacked = train_stack(configs, run_dirs=[tmp_path / f"s{i}" for i in range(4)])
-    for i, (c, r) in enumerate(zip(configs, stacked)):
-        solo = train(c, run_dir=tmp_path / f"o{i}", progress=False)
-        assert r.status == solo.status == "completed"
-        assert_records_close(r.history, solo.history, tol=1e-6)
-        # everything a solo run writes, a member writes
-        names = lambda d: sorted(p.relative_to(d).as_posix() for p in d.rglob("*") if p.name != ".nclab.lock")
-        assert names(tmp_path / f"s{i}") == names(tmp_path / f"o{i}")
-        fs, fo = np.load(tmp_path / f"s{i}" / "features.npz"), np.load(tmp_path / f"o{i}" / "features.npz")
-        assert np.allclose(fs["features"], fo["features"], rtol=1e-6, atol=1e-8)
-        env = json.loads((tmp_path / f"s{i}" / "env.json").read_text())
-        assert env["stack"]["size"] == 4 and env["threads"]["torch_threads"] == 1
-
-
-def test_stack_of_one_equals_solo(tmp_path, float64):
-    c = cfg(seed=3, record_dynamics=True)
-    (r,) = train_stack([c], run_dirs=[tmp_path / "s"])
-    solo = train(c, run_dir=tmp_path / "o", progress=False)
-    assert_records_close(r.history, solo.history, tol=1e-9)
+    kw = {"dataset": _user_data(), "model": _user_model} if user else {}
+    stacked = train_stack(configs, run_dirs=[tmp_path / f"s{i}" for i in range(4)], **kw)
+    (one,) = train_stack(configs[2:3], run_dirs=[tmp_path / "one"], **kw)
     from nclab.train.dynamics import load_dynamics
 
-    ds, do = load_dynamics(tmp_path / "s"), load_dynamics(tmp_path / "o")
-    assert np.allclose(np.asarray(ds.margins), np.asarray(do.margins), atol=1e-9)
+    for i, (c, r) in enumerate(zip(configs, stacked)):
+        solo = train(c, run_dir=tmp_path / f"o{i}", progress=False, **kw)
+        assert r.status == solo.status == "completed"
+        assert_records_close(r.history, solo.history, tol=0.0)
+        _same_files(tmp_path / f"s{i}", tmp_path / f"o{i}")
+        fs, fo = np.load(tmp_path / f"s{i}" / "features.npz"), np.load(tmp_path / f"o{i}" / "features.npz")
+        assert all(np.array_equal(fs[k], fo[k]) for k in fo.files)
+        assert np.array_equal(np.asarray(load_dynamics(tmp_path / f"s{i}").margins),
+                              np.asarray(load_dynamics(tmp_path / f"o{i}").margins))
+        env = json.loads((tmp_path / f"s{i}" / "env.json").read_text())
+        assert env["stack"]["size"] == 4 and env["threads"]["torch_threads"] == 1
+        assert (env["data"].get("source"), "model" in env["data"]) == (("python", True) if user else (None, False))
+    assert_records_close(one.history, stacked[2].history, tol=0.0)
+    assert len({json.dumps(r.final["train_loss"]) for r in stacked}) == 4  # the members differ
 
 
-def test_member_checkpoint_resumes_solo(tmp_path, float64):
+def test_member_checkpoint_resumes_solo(tmp_path):
     """A stack stopped by max_epochs leaves solo-format checkpoints: solo resume == solo run."""
-    c = cfg(seed=5, epochs=5)
-    (r,) = train_stack([c], run_dirs=[tmp_path / "s"], max_epochs=2)
-    assert r.status == "stopped" and r.epoch == 2
-    resumed = train(c, run_dir=tmp_path / "s", resume=True, progress=False)
-    solo = train(c, run_dir=tmp_path / "o", progress=False)
-    assert_records_close(resumed.history, solo.history, tol=1e-9)
+    configs = [cfg(seed=5, epochs=5), cfg(seed=6, epochs=5)]
+    res = train_stack(configs, run_dirs=[tmp_path / "s", tmp_path / "t"], max_epochs=2)
+    assert [r.status for r in res] == ["stopped"] * 2 and res[0].epoch == 2
+    resumed = train(configs[0], run_dir=tmp_path / "s", resume=True, progress=False)
+    solo = train(configs[0], run_dir=tmp_path / "o", progress=False)
+    assert_records_close(resumed.history, solo.history, tol=0.0)
 
 
 def test_diverging_member_stops_alone(tmp_path):
@@ -269,7 +266,7 @@ def test_diverging_member_stops_alone(tmp_path):
     assert (tmp_path / "r0" / "features.npz").exists() and not (tmp_path / "r1" / "features.npz").exists()
     # the healthy members are unaffected by the diverged one
     alone = train_stack([configs[0]], run_dirs=[tmp_path / "alone"])
-    assert_records_close(res[0].history, alone[0].history, tol=1e-5)
+    assert_records_close(res[0].history, alone[0].history, tol=0.0)
 
 
 def test_members_stop_at_their_own_terminal_epoch(tmp_path):
@@ -339,14 +336,81 @@ def test_threads_set_per_run_and_recorded(tmp_path):
     assert env["threads"]["torch_version"] == torch.__version__
 
 
-def test_classifier_without_bias_stacks_and_saves_no_b(tmp_path, float64):
+def test_classifier_without_bias_stacks_and_saves_no_b(tmp_path):
     c = cfg(seed=4, model={"classifier_bias": False})
-    (r,) = train_stack([c], run_dirs=[tmp_path / "s"])
+    (r,) = train_stack([c, cfg(seed=5, model={"classifier_bias": False})], run_dirs=[tmp_path / "s", tmp_path / "t"])[:1]
     solo = train(c, run_dir=tmp_path / "o", progress=False)
-    assert_records_close(r.history, solo.history, tol=1e-9)
+    assert_records_close(r.history, solo.history, tol=0.0)
     for d in ("s", "o"):
         f = np.load(tmp_path / d / "features.npz")
         assert "W" in f and "b" not in f
+
+
+def _train_either(stacked: bool, configs: list[TrainConfig], dirs: list[Path], **kw):
+    """The runs as one stack, or one after another with ``train``."""
+    if stacked:
+        return train_stack(configs, run_dirs=dirs, **kw)
+    lgs = kw.pop("loggers", None) or [None] * len(configs)
+    return [train(c, run_dir=d, loggers=lg, **kw) for c, d, lg in zip(configs, dirs, lgs)]
+
+
+@pytest.mark.parametrize("stacked", [False, True])
+def test_light_eval_mode_at_a_max_epochs_cap_records_no_suite(tmp_path, stacked):
+    """A session capped by max_epochs on an evaluation epoch is not the run's end: light record."""
+    configs = [cfg(seed=s, epochs=4, eval_every=2, eval_mode="light") for s in (1, 2)]
+    dirs = [tmp_path / "a", tmp_path / "b"]
+    res = _train_either(stacked, configs, dirs, max_epochs=2, progress=False)
+    for r in res:
+        assert r.status == "stopped" and [h["epoch"] for h in r.history] == [2]
+        assert "train.nc1" not in r.final and "test_acc" in r.final
+    res = _train_either(stacked, configs, dirs, resume=True, progress=False)
+    assert all(r.status == "completed" and "train.nc1" in r.final for r in res)
+
+
+class _SignalAt:
+    """A metrics logger that sends this process SIGINT when it sees epoch ``epoch``."""
+
+    def __init__(self, epoch: int):
+        self.epoch, self.closed = epoch, None
+
+    def log(self, record):
+        if record["epoch"] == self.epoch:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    def close(self, *, status):
+        self.closed = status
+
+
+@pytest.mark.parametrize("stacked", [False, True])
+def test_sigint_stops_cleanly_after_the_epoch_and_resumes(tmp_path, stacked):
+    configs = [cfg(seed=s, epochs=6, eval_every=2, checkpoint_every=5) for s in (1, 2)]
+    dirs = [tmp_path / "a", tmp_path / "b"]
+    lgs = [[_SignalAt(2)], []]
+    res = _train_either(stacked, configs, dirs, handle_signals=True, loggers=lgs, progress=False)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    n_stopped = 2 if stacked else 1  # one after another, the signal reaches the first run only
+    for r in res[:n_stopped]:
+        assert r.status == "interrupted" and r.epoch == 2 and r.signum == signal.SIGINT
+        assert "interrupted by SIGINT after epoch 2" in r.message
+        assert json.loads((r.run_dir / "status.json").read_text())["status"] == "interrupted"
+        assert load_checkpoint(r.run_dir / "checkpoints" / "last.pt")["epoch"] == 2
+    assert lgs[0][0].closed == "interrupted"
+    resumed = _train_either(stacked, configs, dirs, resume=True, progress=False)
+    clean = train_stack(configs, run_dirs=[tmp_path / "c", tmp_path / "d"])
+    for r, c in zip(resumed, clean):
+        assert r.status == "completed"
+        assert_records_close(r.history, c.history, tol=0.0)
+
+
+@pytest.mark.parametrize("stacked", [False, True])
+def test_progress_lines_for_every_run(tmp_path, stacked, capsys, monkeypatch):
+    monkeypatch.setenv("NCLAB_PROGRESS_SECONDS", "0")
+    for k in ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE"):
+        monkeypatch.delenv(k, raising=False)
+    configs = [cfg(seed=s, epochs=2, name=f"run{s}") for s in (1, 2)]
+    _train_either(stacked, configs, [tmp_path / "a", tmp_path / "b"], progress=True)
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ": epoch " in ln]
+    assert sorted(ln.split()[0] + ln.split()[2] for ln in err) == ["run1:1/2", "run1:2/2", "run2:1/2", "run2:2/2"]
 
 
 @pytest.mark.parametrize("stacked", [False, True])

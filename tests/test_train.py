@@ -24,7 +24,7 @@ from nclab.train import (
     lr_at,
     train,
 )
-from nclab.train import loop as train_loop
+from nclab.train.engine import StackEngine
 
 TINY = [
     "epochs=3", "batch_size=32", "device=cpu", "dataset.name=digits", "dataset.classes=2",
@@ -165,18 +165,18 @@ def test_divergence_with_huge_lr(tmp_path):
 
 
 def test_divergence_keeps_last_good_checkpoint(tmp_path, monkeypatch):
-    real = train_loop.train_one_epoch
+    real = StackEngine.train_epoch
     calls = {"n": 0}
 
-    def poisoned(model, *args, **kwargs):
+    def poisoned(self, lrs):
         calls["n"] += 1
-        loss = real(model, *args, **kwargs)
+        losses = real(self, lrs)
         if calls["n"] == 2:
             with torch.no_grad():
-                model.classifier.weight.fill_(float("nan"))
-        return loss
+                self.model.params["classifier.weight"].fill_(float("nan"))
+        return losses
 
-    monkeypatch.setattr(train_loop, "train_one_epoch", poisoned)
+    monkeypatch.setattr(StackEngine, "train_epoch", poisoned)
     d = tmp_path / "run"
     r = train(cfg(), run_dir=d, progress=False)
     assert r.status == "diverged" and r.epoch == 1

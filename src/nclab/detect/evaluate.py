@@ -4,8 +4,8 @@ One *setting* = a dataset, a noise kind and rate, a seed. For each setting, on t
 same noisy training set (built by the trainer's own ``prepare_data``, so the noise
 is the trainer's, stream ``"noise"``):
 
-* **nclab** trains one model with the trainer's pieces (``build_model``,
-  ``train_one_epoch``, the run's optimizer, loss and schedule), recording the
+* **nclab** trains one model with the trainer's engine (:func:`nclab.train.engine.fit`:
+  the run's model, optimizer, loss and schedule), recording the
   eval-mode logit margins of every training sample after each epoch
   (:mod:`nclab.train.dynamics`), then scores from the final features and from
   the margins (:mod:`nclab.detect.scores`);
@@ -85,31 +85,6 @@ class Setting:
         return TrainConfig.from_dict(base)
 
 
-def _fit(config, x, y, *, num_classes, input_shape, stream: str, record=None):
-    """Train the config's model on (x, y) with the trainer's epoch function; ``record(epoch, model)`` after each epoch."""
-    from nclab.losses import get_loss
-    from nclab.models import build_model
-    from nclab.seeding import torch_generator
-    from nclab.train import lr_at
-    from nclab.train.loop import make_optimizer, train_one_epoch
-
-    model = build_model(config.model.name, input_shape=input_shape, num_classes=num_classes,
-                        generator=torch_generator(config.seed, stream), **config.model.options()).to(x.device)
-    opt = make_optimizer(config.optim, model.parameters())
-    loss_fn = get_loss(config.loss.name, **config.loss.params())
-    gen = torch_generator(config.seed, f"{stream}-batches")
-    for epoch in range(1, config.epochs + 1):
-        lr = lr_at(config.schedule, base_lr=config.optim.lr, epoch=epoch, total_epochs=config.epochs)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        loss = train_one_epoch(model, opt, loss_fn, x, y, batch_size=config.batch_size, generator=gen)
-        if not np.isfinite(loss):
-            raise RuntimeError(f"training diverged in epoch {epoch} (lr {lr}); lower optim.lr")
-        if record is not None:
-            record(epoch, model)
-    return model.eval()
-
-
 @torch.no_grad()
 def _forward(model, x, batch_size=1024):
     outs = [model.forward_features(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)]
@@ -120,15 +95,12 @@ def train_with_dynamics(config, data) -> tuple[torch.nn.Module, np.ndarray]:
     """One model on the noisy training set; returns it and the margins (epochs × n, float32)."""
     from nclab.train.dynamics import logit_margins
 
+    from nclab.train.engine import fit
+
     rows: list[np.ndarray] = []
-
-    def record(epoch, model):
-        model.eval()
-        rows.append(logit_margins(_forward(model, data.x_train)[0], data.y_train))
-        model.train()
-
-    model = _fit(config, data.x_train, data.y_train, num_classes=data.num_classes, input_shape=data.input_shape,
-                 stream="init", record=record)
+    model = fit(config, data.x_train, data.y_train, num_classes=data.num_classes, input_shape=data.input_shape,
+                on_epoch=lambda epoch, logits: rows.append(logit_margins(logits, data.y_train)),
+                batches_stream="init-batches")
     return model, np.stack(rows)
 
 
@@ -168,10 +140,12 @@ def oof_probabilities(config, data, *, folds: int = 5, model: str = "same") -> n
         return probs
     if model != "same":
         raise ValueError(f"model must be 'same' or 'logreg'; got {model!r}")
+    from nclab.train.engine import fit
+
     for f, te in enumerate(parts):
         tr = torch.as_tensor(np.setdiff1d(np.arange(len(y)), te))
-        m = _fit(config, data.x_train[tr], data.y_train[tr], num_classes=C, input_shape=data.input_shape,
-                 stream=f"oof-{f}")
+        m = fit(config, data.x_train[tr], data.y_train[tr], num_classes=C, input_shape=data.input_shape,
+                init_stream=f"oof-{f}", batches_stream=f"oof-{f}-batches")
         probs[te] = torch.softmax(_forward(m, data.x_train[torch.as_tensor(te)])[0].double(), dim=1).cpu().numpy()
     return probs
 

@@ -15,7 +15,9 @@ from nclab.train.config import (
     ScheduleConfig,
     TrainConfig,
 )
-from nclab.train.loop import TIMING_KEYS, RunResult, batch_bounds, prepare_data, resolve_device, train
+from nclab.train.data import RunData, prepare_data, resolve_device
+from nclab.train.engine import batch_bounds
+from nclab.train.loop import TIMING_KEYS, RunResult, train, train_stack
 from nclab.train.rundir import RunDirError
 from nclab.train.schedule import lr_at
 
@@ -28,6 +30,7 @@ __all__ = [
     "NoiseConfig",
     "OptimConfig",
     "RunDirError",
+    "RunData",
     "RunResult",
     "ScheduleConfig",
     "TrainConfig",
@@ -38,4 +41,5 @@ __all__ = [
     "resolve_device",
     "save_checkpoint",
     "train",
+    "train_stack",
 ]

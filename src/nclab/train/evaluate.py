@@ -123,3 +123,63 @@ def evaluate_split(
             clean_labels=metric_clean_labels, convention=convention, batch_size=batch_size,
         )
     return out
+
+
+def evaluate_run(model: nn.Module, data: Any, loss_fn: nn.Module, config: Any, *, final: bool = True) -> dict[str, Any]:
+    """One evaluation record of a run (``data``: its :class:`~nclab.train.data.RunData`):
+    losses and accuracies on train/test (and validation), plus the metric suite unless
+    ``config.eval_mode`` is ``light`` and the record is not ``final``."""
+    full = final or config.eval_mode == "full"
+    kw = dict(loss_fn=loss_fn, num_classes=data.num_classes, label_to_class=data.label_to_class,
+              convention=config.convention, batch_size=config.eval_batch_size, metrics=full)
+    tr = evaluate_split(model, data.x_train, data.y_train, clean_labels=data.clean_train,
+                        metric_clean_labels=data.metric_clean_train, **kw)
+    latent = data.num_classes != int(data.label_to_class.max()) + 1
+    # test labels are clean: passing them as clean labels gives the test-set dilation
+    te = evaluate_split(model, data.x_test, data.y_test, clean_labels=data.y_test,
+                        metric_clean_labels=data.y_test, fold=latent, **kw)
+    rec: dict[str, Any] = {
+        "train_loss": tr["loss"],
+        "train_acc_noisy": tr["acc"],
+        "train_acc_clean": tr["acc_clean"],
+        "test_loss": te["loss"],
+        "test_acc": te["acc_clean"],  # predicted label mapped to its class (identity unless latent)
+    }
+    if data.x_val is not None:
+        va = evaluate_split(model, data.x_val, data.y_val, **{**kw, "metrics": False})
+        rec["val_loss"], rec["val_acc_noisy"] = va["loss"], va["acc"]
+    if full:
+        rec.update({f"train.{k}": v for k, v in tr["metrics"].items()})
+        rec.update({f"test.{k}": v for k, v in te["metrics"].items()})
+    return rec
+
+
+def feature_arrays(model: nn.Module, data: Any, *, batch_size: int) -> dict[str, Any]:
+    """The final training features in ``nclab metrics``' file format (one eval-mode pass).
+
+    ``labels`` are the noisy training labels, ``clean_labels`` the true ones in the
+    same label space (latent classes: ``RunData.metric_clean_train``), ``W``/``b`` the classifier.
+    """
+    logits, feats = collect_outputs(model, data.x_train, batch_size=batch_size)
+    clf = model.classifier
+    arrays = {
+        "features": feats.float().cpu().numpy(),
+        "labels": data.y_train.cpu().numpy(),
+        "clean_labels": data.metric_clean_train.cpu().numpy(),
+        "logits": logits.float().cpu().numpy(),
+        "W": clf.weight.detach().float().cpu().numpy(),
+    }
+    if clf.bias is not None:
+        arrays["b"] = clf.bias.detach().float().cpu().numpy()
+    return arrays
+
+
+@torch.no_grad()
+def eval_logits(model: nn.Module, x: Tensor, *, batch_size: int) -> Tensor:
+    """Eval-mode logits of every row of ``x``; the model's mode is restored."""
+    was = model.training
+    model.eval()
+    try:
+        return torch.cat([model(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)])
+    finally:
+        model.train(was)

@@ -7,18 +7,14 @@ small model's step is paid once for K runs. Members never mix: each has its own
 parameters, BatchNorm statistics (computed over its own batch), optimizer state and
 hyperparameters (learning rate, momentum, weight decay as ``(K,)`` tensors).
 
-Two forward implementations share one state layout (the solo ``state_dict`` keys, each
-tensor stacked):
-
-* the paper's MLP (``Flatten``, ``Linear``, ``BatchNorm1d``, activations, then a
-  ``Linear`` classifier) is interpreted directly with ``bmm`` and a per-member
-  BatchNorm — the fast path. With ReLU/identity activations and the CE/LS loss its
-  training step also has an explicit backward (:meth:`StackedModel.loss_and_grad`): the
-  closed-form gradients of softmax cross-entropy, BatchNorm and ReLU, with no autograd
-  graph, which cuts the per-call overhead of a small model's step;
-* any other :class:`~nclab.models.base.FeatureModel` runs through
-  ``torch.func.functional_call`` under ``torch.func.vmap`` (BatchNorm buffers are stacked
-  too, so their in-place updates stay per member).
+The model is the paper's MLP (``Flatten``, ``Linear``, ``BatchNorm1d``, activations,
+then a ``Linear`` classifier; :func:`stackable` says whether a model is one), interpreted
+directly with ``bmm`` and a per-member BatchNorm. With ReLU/identity activations and the
+CE/LS loss its training step also has an explicit backward
+(:meth:`StackedModel.loss_and_grad`): the closed-form gradients of softmax cross-entropy,
+BatchNorm and ReLU, with no autograd graph, which cuts the per-call overhead of a small
+model's step. A member's arithmetic does not depend on the stack's size: a stack of one
+and a member of a stack of eight give the same bits.
 
 ``member_state(k)`` returns member ``k``'s solo ``state_dict`` and ``load_member(k, sd)``
 writes one back, so checkpoints are the solo format: a member can be resumed alone, and
@@ -27,7 +23,6 @@ a solo run can join a stack.
 
 from __future__ import annotations
 
-import copy
 from collections import OrderedDict
 from typing import Any, Sequence
 
@@ -37,16 +32,21 @@ from torch import Tensor, nn
 
 from nclab.models.mlp import MLP
 
-__all__ = ["StackedModel", "StackedOptimizer", "stacked_ce_ls_loss"]
+__all__ = ["StackedModel", "StackedOptimizer", "stackable", "stacked_ce_ls_loss"]
 
 _EXPLICIT_ACTS = (nn.ReLU, nn.Identity)
 
 _ACTS = (nn.ReLU, nn.GELU, nn.Tanh, nn.LeakyReLU, nn.Identity)
 
 
+def stackable(model: nn.Module) -> bool:
+    """Whether :class:`StackedModel` can interpret ``model`` (nclab's MLP with standard layers)."""
+    return _mlp_plan(model) is not None
+
+
 def _mlp_plan(model: nn.Module) -> list[tuple[str, str, nn.Module]] | None:
-    """The layer plan of an MLP the fast path can interpret, or None."""
-    if not isinstance(model, MLP) or not isinstance(model.body, nn.Sequential):
+    """The layer plan of an MLP the stacked model can interpret, or None."""
+    if type(model) is not MLP or not isinstance(model.body, nn.Sequential):
         return None
     plan: list[tuple[str, str, nn.Module]] = []
     for i, m in enumerate(model.body):
@@ -92,18 +92,18 @@ class StackedModel:
         self.buffers: dict[str, Tensor] = {
             n: torch.stack([dict(m.named_buffers())[n].detach() for m in members]).clone() for n in self.buffer_names
         }
-        self.plan = _mlp_plan(first)
-        # fast path: Linear weights kept as (K, in, out) so forward and backward are plain bmm
+        plan = _mlp_plan(first)
+        if plan is None:
+            raise ValueError(f"a stack needs nclab's MLP; got {type(first).__name__} (see stackable)")
+        self.plan = plan
+        # Linear weights kept as (K, in, out) so forward and backward are plain bmm
         # (a transposed (K, out, in) view makes autograd copy every weight gradient)
-        self.transposed: set[str] = set()
-        if self.plan is not None:
-            self.transposed = {f"{name}.weight" for kind, name, _ in self.plan if kind == "linear"} | {"classifier.weight"}
-            for n in self.transposed:
-                self.params[n] = self.params[n].detach().transpose(1, 2).contiguous().requires_grad_(True)
-        self._wrapped = _FeaturesOf(copy.deepcopy(first))  # structure only (functional path)
+        self.transposed = {f"{name}.weight" for kind, name, _ in self.plan if kind == "linear"} | {"classifier.weight"}
+        for n in self.transposed:
+            self.params[n] = self.params[n].detach().transpose(1, 2).contiguous().requires_grad_(True)
         self.training = True
         # the explicit backward covers Linear / BatchNorm1d / ReLU / Identity plans
-        self.explicit_grad = self.plan is not None and all(
+        self.explicit_grad = all(
             kind != "act" or isinstance(m, _EXPLICIT_ACTS) for kind, _, m in self.plan
         )
 
@@ -130,9 +130,7 @@ class StackedModel:
         """``x``: ``(K, B, *input_shape)`` -> ``(logits (K, B, C), features (K, B, d))``."""
         if x.shape[0] != self.size:
             raise ValueError(f"input has {x.shape[0]} members; the stack has {self.size}")
-        if self.plan is not None:
-            return self._mlp_forward(x)
-        return self._functional_forward(x)
+        return self._mlp_forward(x)
 
     def __call__(self, x: Tensor) -> Tensor:
         return self.forward_features(x)[0]
@@ -255,17 +253,6 @@ class StackedModel:
         inv = torch.rsqrt(var + m.eps)
         return centred * inv, inv
 
-    def _functional_forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        from torch.func import functional_call, vmap
-
-        wrapped = self._wrapped
-        wrapped.train(self.training)
-
-        def one(params: dict, buffers: dict, xb: Tensor) -> tuple[Tensor, Tensor]:
-            return functional_call(wrapped, _prefixed(params, buffers), (xb,))
-
-        return vmap(one, in_dims=(0, 0, 0), randomness="different")(self.params, self.buffers, x)
-
     # ------------------------------------------------------------------ members
     def member_state(self, k: int) -> "OrderedDict[str, Tensor]":
         """Member ``k``'s solo ``state_dict`` (copies)."""
@@ -304,17 +291,6 @@ class StackedModel:
         return ok
 
 
-class _FeaturesOf(nn.Module):
-    """Wraps a FeatureModel so ``functional_call`` returns ``(logits, features)``."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return self.model.forward_features(x)
-
-
 def _linear(h: Tensor, w_t: Tensor, bias: Tensor | None) -> Tensor:
     """``h @ w_t + b`` per member: ``h (K, B, in)``, ``w_t (K, in, out)``, ``b (K, out)``.
     (``bmm`` then ``add`` is faster on CPU than ``baddbmm`` with a broadcast bias.)"""
@@ -327,10 +303,6 @@ def _grad_buffer(p: Tensor) -> Tensor | None:
     costs page faults and cache misses (the first layer's weight-gradient GEMM ran 3x slower)."""
     g = p.grad
     return g if g is not None and g.shape == p.shape and g.dtype == p.dtype else None
-
-
-def _prefixed(params: dict, buffers: dict) -> dict:
-    return {**{f"model.{k}": v for k, v in params.items()}, **{f"model.{k}": v for k, v in buffers.items()}}
 
 
 def _bview(v: Tensor, like: Tensor) -> Tensor:
