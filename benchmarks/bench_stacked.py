@@ -116,7 +116,7 @@ def measure(workload: str, *, epochs: int, runs: int, stack: int, repeat: int = 
     spec = spec_for(workload, epochs=epochs, runs=runs)
     rs = expand(spec)
     from nclab.train import TrainConfig
-    from nclab.train.loop import prepare_data
+    from nclab.train.data import prepare_data
 
     data = prepare_data(TrainConfig.model_validate(rs[0].config), torch.device("cpu"))
     flops = run_flops(rs[0].config, data.info["n_train"], math.prod(data.input_shape), data.num_classes)
@@ -172,7 +172,7 @@ def _warm(config: dict, run_dir: str) -> dict:
     import torch as _t
 
     from nclab.train import TrainConfig
-    from nclab.train.loop import prepare_data
+    from nclab.train.data import prepare_data
     import nclab.train.stacked  # noqa: F401
 
     prepare_data(TrainConfig.model_validate(config), _t.device("cpu"))

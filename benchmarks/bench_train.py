@@ -33,7 +33,7 @@ from nclab.models import build_model
 from nclab.noise import make_noise
 from nclab.seeding import numpy_generator, torch_generator
 from nclab.train import TrainConfig, train
-from nclab.train.loop import make_optimizer
+from nclab.train.engine import make_optimizer
 
 
 class PerSampleImages(Dataset):

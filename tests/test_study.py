@@ -105,7 +105,7 @@ def test_ce_and_ls_of_a_cell_share_noise_init_and_batch_order():
     from nclab.models import build_model
     from nclab.seeding import torch_generator
     from nclab.train import TrainConfig
-    from nclab.train.loop import prepare_data
+    from nclab.train.data import prepare_data
 
     torch.set_num_threads(1)
     plan = plan_study(scale="small", datasets=["digits"], rates=[0.4], seeds=2, multiclass=False, check_data=False)
