@@ -85,6 +85,9 @@ def escape_help(typer_app: typer.Typer) -> None:
 
 
 def _register_all() -> None:
+    from nclab.cli._help import fix_help_rendering
+
+    fix_help_rendering()
     names = {c.name for c in app.registered_commands} | {g.name for g in app.registered_groups}
     for name in _GROUPS:
         if name in names:  # registering twice (tests call this repeatedly) would duplicate commands

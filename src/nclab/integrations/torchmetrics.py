@@ -48,7 +48,11 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torchmetrics import Metric
+
+try:
+    from torchmetrics import Metric
+except ImportError as exc:
+    raise ImportError("nclab.integrations.torchmetrics needs torchmetrics: pip install 'nclab[torchmetrics]'") from exc
 
 from nclab.metrics.accumulator import NCAccumulator, input_eps
 from nclab.metrics.calibration import CalibrationState
@@ -299,6 +303,13 @@ class NeuralCollapse(Metric):
             for k, v in res.values.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool)
         }
+
+    def plot(self, val: Any = None, ax: Any = None) -> Any:
+        """Plot the metrics with torchmetrics' helper (``Metric._plot``): ``val`` — one
+        ``compute()`` result or a list of them (one per epoch, drawn as curves); default:
+        ``compute()`` now. Returns ``(figure, axes)``; needs matplotlib."""
+        val = val if val is not None else self.compute()
+        return self._plot(val, ax)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Update with the batch and return the batch's own metrics (``{}`` if it lacks a class)."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -35,7 +36,7 @@ __all__ = ["TIMING_KEYS", "RunResult", "train", "train_stack"]
 
 
 def train(
-    config: TrainConfig,
+    config: TrainConfig | Mapping[str, Any],
     *,
     run_dir: str | Path,
     resume: bool = False,
@@ -47,7 +48,8 @@ def train(
     model: Any = None,
     loggers: list[Any] | None = None,
 ) -> RunResult:
-    """Train one model as ``config`` says and record it in ``run_dir`` (a stack of one).
+    """Train one model as ``config`` says (a :class:`TrainConfig` or a nested dict of the same
+    keys, validated as a YAML file is) and record it in ``run_dir`` (a stack of one).
 
     ``loggers``: objects with ``log(record)`` and ``close(status=...)`` (e.g. from
     :func:`nclab.integrations.loggers.make_loggers`), given each record as it is
@@ -78,6 +80,8 @@ def train(
     work on such runs from the run directory's files (``features.npz``, ``noise.npz``,
     ``dynamics/``). Pass the same data and model again to resume.
     """
+    if isinstance(config, Mapping):
+        config = TrainConfig.from_dict(dict(config))
     (result,) = train_stack([config], run_dirs=[run_dir], resume=resume, overwrite=overwrite, progress=progress,
                             max_epochs=max_epochs, handle_signals=handle_signals, dataset=dataset, model=model,
                             loggers=[loggers])
