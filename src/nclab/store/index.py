@@ -254,8 +254,14 @@ class RunStore:
                              "restore it from a copy or delete it to start a new store")
         if not create and not readonly:
             # nothing to create: open read-only when this process cannot write the store
-            readonly = not (os.access(self.db_path, os.W_OK) and os.access(self.root, os.W_OK | os.X_OK))
+            readonly = (not (os.access(self.db_path, os.W_OK) and os.access(self.root, os.W_OK | os.X_OK))
+                        or self.db_path.is_symlink())  # read through a link, never write through one
         self.readonly = readonly
+        if not readonly:  # SQLite follows links: a planted one would make us write its target
+            for p in (self.db_path, self.wal_path, self.root / "index.sqlite-shm"):
+                if p.is_symlink():
+                    raise StoreError(f"{p} is a symbolic link (to {os.readlink(p)}); nclab does not write a "
+                                     "results store through links: remove the link or open the store read-only")
         if not readonly:
             try:
                 self.root.mkdir(parents=True, exist_ok=True)

@@ -77,6 +77,29 @@ class Dynamics:
         return int(self.margins.shape[1])
 
 
+def npy_problem(path: Path) -> tuple[str | None, int]:
+    """``(None, n)`` for a whole ``.npy`` float32 vector of n margins, else ``(what is wrong, 0)``."""
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            else:
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+            header = f.tell()
+            size = os.fstat(f.fileno()).st_size
+    except FileNotFoundError:
+        return "missing", 0
+    except (OSError, ValueError, EOFError) as exc:
+        return f"not a .npy file: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", 0
+    if len(shape) != 1 or dtype != np.float32:
+        return f"holds {dtype} of shape {tuple(shape)}, not a float32 vector", 0
+    need = header + int(shape[0]) * 4
+    if size != need:
+        return f"{'truncated' if size < need else 'too long'}: {size} of {need} bytes", 0
+    return None, int(shape[0])
+
+
 class DynamicsRecorder:
     """Writes per-epoch per-sample margins under ``run_dir/dynamics``.
 
@@ -131,8 +154,34 @@ class DynamicsRecorder:
             model.train(was)
         return self.record(epoch, z, labels)
 
+    def verify(self, *, upto: int) -> None:
+        """Check that the records of epochs ``1..upto`` (what a resume from a checkpoint at
+        ``upto`` continues) exist, are whole and hold the same number of samples; raise
+        ``ValueError`` naming each bad file. Past margins cannot be recomputed, so a damaged
+        one is reported instead of being kept (it would fail a later ``load_dynamics``)."""
+        bad: list[str] = []
+        sizes: dict[int, list[str]] = {}
+        for e in range(1, upto + 1):
+            p = self.path(e)
+            problem, n = npy_problem(p)
+            if problem:
+                bad.append(f"{p.name} ({problem})")
+            else:
+                sizes.setdefault(n, []).append(p.name)
+        if len(sizes) > 1:
+            bad += [f"{names[0]} ({n} samples)" for n, names in sorted(sizes.items())]
+        if bad:
+            shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+            raise ValueError(
+                f"damaged training dynamics in {self.dir}: {shown}; the margins of past epochs cannot be "
+                "recomputed: restore the files, or train again with overwrite"
+            )
+
     def truncate(self, *, after: int) -> None:
         """Delete records of epochs ``> after`` (they will be recomputed on resume)."""
+        if self.dir.is_symlink():  # deleting through it would delete files of the link's target
+            raise ValueError(f"{self.dir} is a symbolic link; nclab never deletes through links inside a run "
+                             "directory: remove the link")
         for e in self.epochs():
             if e > after:
                 os.unlink(self.path(e))
@@ -152,6 +201,11 @@ def load_dynamics(run_dir: str | Path) -> Dynamics:
             f"no training dynamics in {rec.dir}: train with record_dynamics=true "
             "(or use the feature score, which needs only the checkpoint)"
         )
+    for e in epochs:
+        problem, _ = npy_problem(rec.path(e))
+        if problem:
+            raise ValueError(f"training dynamics file {rec.path(e)} is damaged ({problem}); "
+                             "train the run again with record_dynamics=true, or use the feature score")
     rows = [np.load(rec.path(e), allow_pickle=False) for e in epochs]
     sizes = {r.shape for r in rows}
     if len(sizes) != 1 or len(next(iter(sizes))) != 1:

@@ -29,6 +29,7 @@ import os
 import platform
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -40,7 +41,7 @@ import torch
 import yaml
 
 from nclab.config import ConfigError
-from nclab.store.files import atomic_write_bytes, atomic_write_json, atomic_write_text, check_npz, write_all
+from nclab.store.files import atomic_write_bytes, atomic_write_json, atomic_write_text, check_npz, to_json, write_all
 from nclab.train.config import TrainConfig
 
 CONFIG = "config.yaml"
@@ -111,9 +112,15 @@ class RunLock:
             raise RuntimeError(f"RunLock on {self.run_dir} is already held by this object")
         ensure_run_dir(self.run_dir)
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            # O_NOFOLLOW: a symlink planted as the lock file must not make us truncate its target
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o644)
         except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise RunDirError(_link_message(self.path)) from None
             raise RunDirError(f"cannot write to run directory {self.run_dir}: {exc.strerror or exc}") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise RunDirError(f"{self.path} is not a regular file; remove it (nclab keeps its lock there)")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -169,6 +176,31 @@ def _read_holder(fd: int) -> dict:
         return {}
 
 
+def _link_message(path: Path) -> str:
+    try:
+        target = os.readlink(path)
+    except OSError:
+        target = "?"
+    return (f"{path} is a symbolic link (to {target}); nclab never writes or deletes through links inside a "
+            "run directory: remove the link (or choose another run directory)")
+
+
+def refuse_links(run_dir: Path) -> None:
+    """Raise ``RunDirError`` when an entry nclab writes or deletes inside ``run_dir`` is a
+    symbolic link: its files, ``checkpoints/`` and ``dynamics/`` and what they hold (a link
+    there would make a write, a truncation or a resume's deletions act on the link's target).
+    The run directory itself may be a link: that is where the user asked the run to live."""
+    if not run_dir.is_dir():
+        return
+    for entry in run_dir.iterdir():
+        if entry.is_symlink():
+            raise RunDirError(_link_message(entry))
+        if entry.name in ("checkpoints", "dynamics") and entry.is_dir():
+            for sub in entry.iterdir():
+                if sub.is_symlink():
+                    raise RunDirError(_link_message(sub))
+
+
 def clear_run_dir(run_dir: Path) -> None:
     """Delete everything in an nclab run directory except the lock file (``overwrite``).
 
@@ -212,6 +244,7 @@ def prepare_run_dir(run_dir: Path, config: TrainConfig, *, resume: bool, overwri
     ensure_run_dir(run_dir)
     if not os.access(run_dir, os.W_OK | os.X_OK):
         raise RunDirError(f"run directory {run_dir} is not writable")
+    refuse_links(run_dir)
     cfg_path = run_dir / CONFIG
     if overwrite:
         clear_run_dir(run_dir)
@@ -247,6 +280,67 @@ def _dict_diff(old: dict, new: dict, prefix: str = "") -> list[str]:
         elif a != b:
             out.append(f"{prefix}{k}: {a!r} -> {b!r}")
     return out
+
+
+def history_snapshot(run_dir: Path) -> str:
+    """The whole lines of ``metrics.jsonl``: the copy of the history a checkpoint carries, so
+    that a resume can rebuild a deleted or torn file (:func:`check_history`)."""
+    try:
+        raw = (run_dir / METRICS).read_bytes()
+    except FileNotFoundError:
+        return ""
+    return raw[: raw.rfind(b"\n") + 1].decode("utf-8", errors="replace")
+
+
+def _records(text: str) -> list[dict]:
+    """The records of whole, parsable lines (a torn or damaged line is left out)."""
+    out = []
+    for line in text.split("\n")[:-1]:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict):
+            out.append(rec)
+    return out
+
+
+def check_history(run_dir: Path, *, epoch: int, saved: str | None, eval_every: int, epochs: int) -> None:
+    """Before resuming from a checkpoint at ``epoch``: ``metrics.jsonl`` must hold every record
+    up to it. If it does not (deleted, torn, damaged), it is rebuilt from ``saved`` (the
+    checkpoint's copy, :func:`history_snapshot`) with a warning; a checkpoint without a copy
+    (older nclab) needs the record of every evaluation epoch, else ``RunDirError`` names the
+    file and the missing epochs and nothing is changed."""
+    import warnings
+
+    path = run_dir / METRICS
+    try:
+        text = path.read_bytes().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        text = ""
+    have = [r for r in _records(text) if _epoch(r) <= epoch]
+    if saved is not None:
+        want = [r for r in _records(saved) if _epoch(r) <= epoch]
+        if have != want:
+            atomic_write_text(path, "".join(to_json(r) + "\n" for r in want))
+            warnings.warn(f"{path} held {len(have)} of the {len(want)} records up to the checkpoint (epoch {epoch}); "
+                          "rebuilt from the checkpoint", stacklevel=3)
+        return
+    need = [e for e in range(1, epoch + 1) if e % eval_every == 0 or e == epochs]
+    got = {_epoch(r) for r in have}
+    missing = [e for e in need if e not in got]
+    if missing:
+        shown = ", ".join(map(str, missing[:8])) + (" ..." if len(missing) > 8 else "")
+        raise RunDirError(
+            f"{path} holds {len(need) - len(missing)} of the {len(need)} records up to the checkpoint "
+            f"(epoch {epoch}; missing epoch {shown}) and the checkpoint carries no copy of them; resuming would "
+            "lose them: restore the file, or start over with overwrite"
+        )
+
+
+def _epoch(record: dict) -> int:
+    e = record.get("epoch", 0)
+    return e if isinstance(e, int) and not isinstance(e, bool) else 0
 
 
 def write_config(run_dir: Path, config: TrainConfig) -> None:

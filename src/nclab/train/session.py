@@ -194,6 +194,7 @@ class RunSession:
             "optimizer": self.optimizer.state_dict(),
             "batch_rng": self.batches.get_state(),
             "stop": self.stopper.state(),
+            "metrics_jsonl": rundir.history_snapshot(self.run_dir),  # a resume rebuilds a lost history from it
         }, config_hash=self.config.config_hash())
 
     def restore(self) -> None:
@@ -209,6 +210,16 @@ class RunSession:
             self.elapsed = float(state["elapsed_s"])
         except (KeyError, RuntimeError, ValueError) as exc:
             raise CheckpointError(f"checkpoint {path} does not fit this model/optimizer: {exc}") from None
+        # the history up to the checkpoint must be whole: rebuilt from the checkpoint's copy, or refused
+        rundir.check_history(self.run_dir, epoch=self.start, saved=state.get("metrics_jsonl"),
+                             eval_every=self.config.eval_every, epochs=self.config.epochs)
+        if self.config.record_dynamics:
+            from nclab.train.dynamics import DynamicsRecorder
+
+            try:
+                DynamicsRecorder(self.run_dir).verify(upto=self.start)
+            except ValueError as exc:
+                raise rundir.RunDirError(str(exc)) from None
 
     def checkpoint_epoch(self) -> int | None:
         """The epoch of the checkpoint on disk, if a readable one is there."""
