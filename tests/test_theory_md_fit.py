@@ -1,50 +1,54 @@
-"""Fitting the M-D model to CE runs and predicting LS (nclab.theory.md_fit)."""
+"""Fitting the soft-constraint M-D model to CE targets and predicting LS ratios (nclab.theory.md_fit)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
-from nclab.theory.md_fit import fit_md, model_curves, predict_md
+from nclab.theory.md_fit import fit_lambda, model_curves, ratios, refine, tabulate
 
-ETAS = [0.0, 0.1, 0.2, 0.4]
-
-
-def _synthetic(lam, *, scale, offset, slope, loss="ce", alpha=None, seeds=2):
-    cur = model_curves(ETAS, expressivity=lam, loss=loss, alpha=alpha, starts=2)
-    return [{"eta": c["eta"], "memorization": scale * c["memorization"], "dilation": scale * c["dilation"],
-             "test_error": offset + slope * c["proxy"], "seed": s} for c in cur for s in range(seeds)]
+ETAS = (0.05, 0.15)
 
 
-def test_fit_recovers_a_known_lambda_scale_and_calibration():
-    rows = _synthetic(0.8, scale=1.3, offset=0.02, slope=0.5)
-    fit = fit_md(rows, grid=8)
-    assert fit.expressivity == pytest.approx(0.8, rel=1e-2)
-    assert fit.scale == pytest.approx(1.3, rel=1e-2)
-    assert fit.err_offset == pytest.approx(0.02, abs=1e-3) and fit.err_slope == pytest.approx(0.5, rel=1e-2)
-    assert fit.etas == [0.1, 0.2, 0.4] and fit.n_runs == len(rows)
-    # predicting LS from the CE fit reproduces the model's own LS curve
-    truth = _synthetic(0.8, scale=1.3, offset=0.02, slope=0.5, loss="ls", alpha=0.1, seeds=1)
-    pred = predict_md(fit, [0.1, 0.4], loss="ls", alpha=0.1)
-    for p in pred:
-        t = next(r for r in truth if r["eta"] == p["eta"])
-        assert p["memorization"] == pytest.approx(t["memorization"], rel=2e-2)
-        assert p["dilation"] == pytest.approx(t["dilation"], rel=2e-2)
-        assert p["test_error"] == pytest.approx(t["test_error"], rel=5e-2, abs=1e-3)
+@pytest.fixture(scope="module")
+def table():
+    return refine(tabulate(ETAS, (0.15, 0.35, 0.8), alpha=0.1), 0.35, parts=3)
 
 
-def test_fit_needs_two_noisy_rates_and_valid_etas():
-    rows = [{"eta": 0.2, "memorization": 0.7, "dilation": 0.3}]
-    with pytest.raises(ValueError, match=">= 2 noise rates"):
-        fit_md(rows)
-    with pytest.raises(ValueError, match="eta"):
-        fit_md([{"eta": 1.5, "memorization": 1.0, "dilation": 1.0}] * 2)
-    with pytest.raises(ValueError, match="lambda_range"):
-        fit_md(rows, lambda_range=(2.0, 1.0))
+def test_fit_recovers_lambda_and_scale_from_the_models_own_outputs(table):
+    ce = model_curves(ETAS, expressivity=0.3, loss="ce")
+    m = 1.4 * np.array([c["memorization"] for c in ce])
+    d = 1.4 * np.array([c["dilation"] for c in ce])
+    # three target sets at once: complete, one cell missing, none
+    tm = np.stack([m, [m[0], np.nan], [np.nan, np.nan]])
+    td = np.stack([d, [d[0], np.nan], [np.nan, np.nan]])
+    lam, scale, resid = fit_lambda(table, tm, td)
+    assert lam[0] == pytest.approx(0.3, rel=0.03) and scale[0] == pytest.approx(1.4, rel=0.02)
+    assert lam[1] == pytest.approx(0.3, rel=0.05)  # one cell still pins D/M, hence lambda
+    assert np.isnan(lam[2]) and np.isnan(scale[2]) and resid[0] < 1e-3
+    # the LS ratios at the fitted lambda match the model's own LS/CE ratios
+    ls = model_curves(ETAS, expressivity=0.3, loss="ls", alpha=0.1)
+    pred = ratios(table, float(lam[0]))
+    for j in range(len(ETAS)):
+        assert pred["memorization"][j] == pytest.approx(ls[j]["memorization"] / ce[j]["memorization"], abs=5e-3)
+        assert pred["dilation"][j] == pytest.approx(ls[j]["dilation"] / ce[j]["dilation"], abs=5e-3)
+    assert ratios(table, lam[:2])["dm"].shape == (2, len(ETAS))
 
 
-def test_non_increasing_error_data_gives_a_flat_calibration():
-    rows = _synthetic(0.5, scale=1.0, offset=0.0, slope=0.0)
-    for r in rows:
-        r["test_error"] = 0.3 - r["eta"] * 0.1  # error falling with noise: no positive map exists
-    fit = fit_md(rows, grid=5, xtol=1e-2)
-    assert fit.err_slope == 0.0 and 0.25 < fit.err_offset < 0.3
+def test_hard_constraint_makes_the_dm_ratio_one_by_construction_soft_does_not():
+    hard = tabulate((0.1,), (0.3, 0.6), alpha=0.1, constraint="hard")
+    soft = tabulate((0.1,), (0.3, 0.6), alpha=0.1, constraint="soft")
+    for lam in (0.3, 0.6):
+        assert ratios(hard, lam)["dm"][0] == pytest.approx(1.0, abs=1e-4)  # D = lambda M for every loss
+        assert abs(ratios(soft, lam)["dm"][0] - 1.0) > 0.01
+
+
+def test_bad_inputs_are_named(table):
+    with pytest.raises(ValueError, match="lambdas"):
+        tabulate(ETAS, (0.3,), alpha=0.1)
+    with pytest.raises(ValueError, match="etas"):
+        tabulate((0.0, 0.1), (0.3, 0.6), alpha=0.1)
+    with pytest.raises(ValueError, match="targets must have shape"):
+        fit_lambda(table, np.ones(3), np.ones(3))
+    with pytest.raises(ValueError, match="parts"):
+        refine(table, 0.3, parts=1)
