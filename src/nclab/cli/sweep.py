@@ -158,7 +158,7 @@ def register(app: typer.Typer) -> None:
 
     @app.command("sweep")
     def sweep_cmd(
-        spec_path: Path = typer.Argument(..., help="sweep spec YAML (base, grid, random, seeds)"),
+        spec_path: Path = typer.Argument(..., help="sweep spec YAML (base, grid, random, seeds), or a shipped name such as sweeps/digits-md (nclab config list)"),
         store_dir: Optional[Path] = typer.Option(None, "--store", help="results store directory [default: sweeps/<spec name>]"),
         workers: Optional[int] = typer.Option(None, "--workers", "-j", help="parallel runs [default: CPU count]"),
         executor: str = typer.Option("local", "--executor", help="local | ray | inline"),
@@ -180,11 +180,13 @@ def register(app: typer.Typer) -> None:
         from nclab.store.index import RunStore  # noqa: PLC0415
         from nclab.sweep import expand, load_spec, make_executor, resolve_run_fn, run_sweep  # noqa: PLC0415
 
+        from nclab.configs import resolve_config  # noqa: PLC0415
+
         try:
-            spec, base = load_spec(spec_path)
+            spec, base = load_spec(resolve_config(spec_path))
             runs = expand(spec, base=base, resolve=None if run_fn else "auto")
             fn = resolve_run_fn(run_fn)
-        except (ConfigError, ValueError, ImportError) as exc:
+        except (ConfigError, ValueError, ImportError, FileNotFoundError) as exc:
             _fail(str(exc))
         if dry_run:
             for r in runs:
@@ -248,7 +250,7 @@ def register(app: typer.Typer) -> None:
 def _register_search(app: typer.Typer) -> None:
     @app.command("search")
     def search_cmd(
-        config: Path = typer.Argument(..., help="base training config YAML"),
+        config: Path = typer.Argument(..., help="base training config YAML, or a shipped name such as digits-binary (nclab config list)"),
         store_dir: Path = typer.Option(..., "--store", help="results store directory (holds optuna.sqlite too)"),
         preset: str = typer.Option("paper", "--preset", help="search preset (paper)"),
         trials: Optional[int] = typer.Option(None, "--trials", help="number of trials [preset: 20]"),
@@ -266,13 +268,16 @@ def _register_search(app: typer.Typer) -> None:
         from nclab.config import ConfigError, load_yaml  # noqa: PLC0415
         from nclab.store.index import RunStore  # noqa: PLC0415
         from nclab.sweep import make_executor, resolve_run_fn  # noqa: PLC0415
+        from nclab.configs import resolve_config  # noqa: PLC0415
         from nclab.sweep.search import get_preset, run_search  # noqa: PLC0415
+        from nclab.train.config import resolve_config_paths  # noqa: PLC0415
 
         try:
-            base = load_yaml(config)
+            path = resolve_config(config)
+            base = resolve_config_paths(load_yaml(path), path.parent)
             pre = get_preset(preset)
             fn = resolve_run_fn(run_fn)
-        except (ConfigError, ValueError, ImportError) as exc:
+        except (ConfigError, ValueError, ImportError, FileNotFoundError) as exc:
             _fail(str(exc))
         store = _open_store(store_dir)
         try:

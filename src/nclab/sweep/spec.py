@@ -230,14 +230,21 @@ def load_spec(path: str | Path) -> tuple[SweepSpec, dict[str, Any]]:
 
 
 def spec_base(spec: SweepSpec, *, relative_to: Path | None = None) -> dict[str, Any]:
-    """The base config of ``spec``: ``base_file`` (relative to ``relative_to``) merged with ``base``."""
+    """The base config of ``spec``: ``base_file`` (relative to ``relative_to``) merged with ``base``.
+    Relative data paths (``dataset.path``, ``dataset.data_dir``) are made absolute against the
+    folder of the file that holds them."""
+    from nclab.train.config import resolve_config_paths  # noqa: PLC0415
+
     base: dict[str, Any] = {}
     if spec.base_file:
         bf = Path(spec.base_file)
         if not bf.is_absolute() and relative_to is not None:
             bf = relative_to / bf
-        base = load_yaml(bf)
-    return deep_merge(base, copy.deepcopy(spec.base))
+        base = resolve_config_paths(load_yaml(bf), bf.parent)  # its paths are relative to its own folder
+    own = copy.deepcopy(spec.base)
+    if relative_to is not None:
+        own = resolve_config_paths(own, relative_to)
+    return deep_merge(base, own)
 
 
 def expand(

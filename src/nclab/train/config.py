@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -286,6 +287,26 @@ class StopConfig(StrictModel):
         return v
 
 
+CONFIG_PATH_KEYS: tuple[str, ...] = ("dataset.path", "dataset.data_dir")
+"""Config keys holding file paths: relative values in a YAML file are relative to that file's folder."""
+
+
+def resolve_config_paths(data: dict, folder: str | Path) -> dict:
+    """``data`` with every relative path of :data:`CONFIG_PATH_KEYS` made absolute against
+    ``folder`` (the folder of the YAML file it was read from), so a config trains the same
+    from any working directory. Absolute and ``~`` paths are kept; ``data`` is not modified."""
+    out = dict(data)
+    for dotted in CONFIG_PATH_KEYS:
+        section, key = dotted.split(".")
+        sub = out.get(section)
+        if not isinstance(sub, dict) or not isinstance(sub.get(key), str) or not sub[key]:
+            continue
+        if Path(sub[key]).expanduser().is_absolute():
+            continue
+        out[section] = {**sub, key: os.path.abspath(Path(folder) / sub[key])}
+    return out
+
+
 class TrainConfig(StrictModel):
     """One training run. ``TrainConfig.from_sources(yaml_path, overrides)`` builds it."""
 
@@ -358,10 +379,15 @@ class TrainConfig(StrictModel):
     ) -> "TrainConfig":
         """Defaults <- YAML file <- overrides (``["optim.lr=0.05", ...]`` or a nested dict).
 
+        Relative paths in the YAML file (``dataset.path``, ``dataset.data_dir``) are relative
+        to the file's folder; in overrides, to the working directory.
+
         Any problem (unknown key, bad value, unknown name) raises ``ConfigError``
         with one line per problem, naming the dotted key.
         """
         data: dict = load_yaml(yaml_path) if yaml_path is not None else {}
+        if yaml_path is not None:
+            data = resolve_config_paths(data, Path(yaml_path).parent)
         if overrides:
             over = parse_overrides(list(overrides)) if not isinstance(overrides, dict) else overrides
             data = deep_merge(data, over)
