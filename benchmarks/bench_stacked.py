@@ -44,7 +44,7 @@ import torch  # noqa: E402
 
 from nclab.store.index import RunStore  # noqa: E402
 from nclab.sweep import InlineExecutor, LocalExecutor, SweepSpec, expand, run_sweep  # noqa: E402
-from nclab.sweep.run import train_run  # noqa: E402
+from nclab.sweep.trainer import train_run  # noqa: E402
 
 
 def spec_for(workload: str, *, epochs: int, runs: int) -> SweepSpec:

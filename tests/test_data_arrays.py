@@ -195,7 +195,7 @@ def test_register_model_builds_seeded_adapted_models(monkeypatch):
 
 # ----------------------------------------------------------- train(dataset=, model=)
 def test_train_with_python_data_and_model_then_detect_from_the_run_dir(tmp_path):
-    from nclab.collect.runs import load_run
+    from nclab.collect.rebuild import load_run
 
     x, y = _blobs(n_per=50)
     g = np.random.default_rng(1)

@@ -1,4 +1,4 @@
-"""nclab.detect and nclab.train.dynamics: scores, recorder, detection on injected noise, CLI."""
+"""nclab.detect and nclab.store.dynamics: scores, recorder, detection on injected noise, CLI."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from nclab.detect import (
     rank_average,
     score_arrays,
 )
-from nclab.train.dynamics import DynamicsRecorder, load_dynamics, logit_margins
+from nclab.store.dynamics import DynamicsRecorder, load_dynamics, logit_margins
 
 
 # ------------------------------------------------------------------------------ dynamics

@@ -174,8 +174,8 @@ def noisy_run(tmp_path_factory):
 
 
 def test_margins_recorded_every_epoch_and_flag_beats_random(noisy_run):
-    from nclab.train import rundir
-    from nclab.train.dynamics import load_dynamics
+    from nclab.store import rundir
+    from nclab.store.dynamics import load_dynamics
 
     dyn = load_dynamics(noisy_run)
     assert dyn.epochs.tolist() == [1, 2, 3, 4, 5, 6]  # eval_every=6, margins still every epoch
@@ -197,7 +197,7 @@ def test_margins_recorded_every_epoch_and_flag_beats_random(noisy_run):
 def test_demo_records_dynamics_for_detect(tmp_path):
     from nclab.demo import run_demo
     from nclab.detect import score_run
-    from nclab.train.dynamics import load_dynamics
+    from nclab.store.dynamics import load_dynamics
 
     res = run_demo(out_dir=tmp_path, pairs=2, epochs=3)
     for r in res.runs:

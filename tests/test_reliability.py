@@ -23,7 +23,7 @@ import torch
 
 from nclab.store.files import append_jsonl, read_jsonl
 from nclab.train import TIMING_KEYS, TrainConfig, load_checkpoint, train
-from nclab.train.rundir import LOCK, RunDirError, RunLock, RunLockError
+from nclab.store.rundir import LOCK, RunDirError, RunLock, RunLockError
 
 TINY = {
     "epochs": 6, "batch_size": 16, "device": "cpu", "threads": 1, "record_dynamics": True,
@@ -407,7 +407,7 @@ def test_non_finite_logits_are_divergence_not_bad_input(tmp_path, monkeypatch, r
 
 def test_divergence_in_epoch_1_in_a_sweep_and_the_store_never_counts_it_completed(tmp_path):
     from nclab.store.index import Owner, RunStore
-    from nclab.sweep.run import train_run
+    from nclab.sweep.trainer import train_run
 
     cfg = tiny(epochs=2, **{"optim.lr": 1e6, "loss.name": "mse"}).to_dict()
     final = train_run(cfg, str(tmp_path / "run"))

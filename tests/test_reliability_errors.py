@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from nclab.cli import _register_all, app
 from nclab.train import TrainConfig, train
-from nclab.train.checkpoint import CheckpointError, MAGIC, load_checkpoint, save_checkpoint
+from nclab.store.checkpoint import CheckpointError, MAGIC, load_checkpoint, save_checkpoint
 
 _register_all()
 runner = CliRunner()
@@ -215,7 +215,7 @@ def test_npz_header_claiming_1e18_elements(tmp_path):
     bad = tmp_path / "bad.npz"
     _npz_with_header(bad, (10**9, 10**9))
     clear_error(runner.invoke(app, ["metrics", str(bad)]), 2, "claims shape", "features.npy")
-    from nclab.train.rundir import load_npz
+    from nclab.store.rundir import load_npz
 
     with pytest.raises(ValueError, match="claims shape"):
         load_npz(bad)
@@ -306,7 +306,7 @@ def test_one_file_checkpoint_commits_record_and_weights_together(tmp_path):
     save_checkpoint(p, {"epoch": 3, "w": torch.arange(4.0)}, config_hash="h1")
     assert sorted(x.name for x in p.parent.iterdir()) == ["last.pt"]
     assert p.read_bytes().startswith(MAGIC)
-    from nclab.train.checkpoint import checkpoint_info
+    from nclab.store.checkpoint import checkpoint_info
 
     assert checkpoint_info(p)["epoch"] == 3 and load_checkpoint(p, config_hash="h1")["epoch"] == 3
     raw = bytearray(p.read_bytes())
@@ -332,7 +332,7 @@ def test_format1_checkpoint_still_loads(tmp_path):
 
 
 def test_detect_into_a_run_dir_being_trained_is_refused(run):
-    from nclab.train.rundir import RunLock
+    from nclab.store.rundir import RunLock
 
     with RunLock(run):
         res = runner.invoke(app, ["detect", str(run), "--top", "0"])

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from nclab.cli import _register_all, app
 from nclab.store.files import append_jsonl, read_jsonl
 from nclab.train import TIMING_KEYS, TrainConfig, train
-from nclab.train.rundir import RunDirError
+from nclab.store.rundir import RunDirError
 
 _register_all()
 runner = CliRunner()
@@ -198,7 +198,7 @@ def test_detect_dynamics_names_a_truncated_file(full_run, tmp_path):
     shutil.copytree(full_run, rd)
     bad = rd / "dynamics" / "epoch_0003.npy"
     bad.write_bytes(bad.read_bytes()[:-5])
-    from nclab.train.dynamics import load_dynamics
+    from nclab.store.dynamics import load_dynamics
 
     with pytest.raises(ValueError, match="epoch_0003.npy"):
         load_dynamics(rd)

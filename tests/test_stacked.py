@@ -228,7 +228,7 @@ def test_a_run_gives_the_same_bits_alone_and_in_any_stack(tmp_path, user):
     kw = {"dataset": _user_data(), "model": _user_model} if user else {}
     stacked = train_stack(configs, run_dirs=[tmp_path / f"s{i}" for i in range(4)], **kw)
     (one,) = train_stack(configs[2:3], run_dirs=[tmp_path / "one"], **kw)
-    from nclab.train.dynamics import load_dynamics
+    from nclab.store.dynamics import load_dynamics
 
     for i, (c, r) in enumerate(zip(configs, stacked)):
         solo = train(c, run_dir=tmp_path / f"o{i}", progress=False, **kw)
@@ -429,7 +429,7 @@ def test_light_eval_mode_records_the_suite_only_at_the_end(tmp_path, stacked):
     assert all("train.nc1" in h for h in f.history)
     # the training itself is the same: the light run's final record equals the full run's
     assert_records_close([r.history[-1]], [f.history[-1]], tol=0.0)
-    from nclab.train.dynamics import load_dynamics
+    from nclab.store.dynamics import load_dynamics
 
     assert len(load_dynamics(tmp_path / "light").epochs) == 4  # margins every epoch
 

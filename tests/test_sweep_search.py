@@ -73,7 +73,7 @@ def test_real_tiny_digits_search(tmp_path):
     train = pytest.importorskip("nclab.train")
     if not hasattr(train, "train"):
         pytest.skip("trainer not available")
-    from nclab.sweep.run import train_run
+    from nclab.sweep.trainer import train_run
 
     base = {"epochs": 3, "batch_size": 64, "device": "cpu", "dataset": {"name": "digits", "classes": 2},
             "noise": {"kind": "symmetric", "rate": 0.2}, "loss": {"name": "ls"},

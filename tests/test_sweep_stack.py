@@ -11,7 +11,7 @@ import yaml
 
 from nclab.store.index import RunStore
 from nclab.sweep import InlineExecutor, LocalExecutor, SweepSpec, expand, run_sweep
-from nclab.sweep.run import train_run
+from nclab.sweep.trainer import train_run
 from nclab.sweep.testing import fake_run, fake_stack_run
 
 BASE = {

@@ -321,7 +321,7 @@ def test_record_dynamics_through_the_trainer_and_resume(tmp_path):
     """record_dynamics writes one margin vector per evaluation; an interrupted and resumed
     run ends with the same margins as an uninterrupted one; nclab detect can score it."""
     from nclab.detect import score_run
-    from nclab.train.dynamics import load_dynamics
+    from nclab.store.dynamics import load_dynamics
 
     full = train(cfg("record_dynamics=true"), run_dir=tmp_path / "full", progress=False)
     part = cfg("record_dynamics=true")

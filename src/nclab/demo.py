@@ -145,11 +145,11 @@ def demo_config(dataset: str, *, loss: str, alpha: float, noise_rate: float, see
 
 def final_features(run_dir: Path) -> dict[str, np.ndarray]:
     """A finished run's final training features (``features.npz``) and class names."""
-    from nclab.store.files import load_feature_file
+    from nclab.store.rundir import RunDir
 
-    f = load_feature_file(run_dir / "features.npz")
-    env = json.loads((run_dir / "env.json").read_text())
-    f["class_names"] = np.array(env.get("data", {}).get("class_names", []))
+    rd = RunDir(run_dir)
+    f = rd.features()
+    f["class_names"] = np.array(rd.class_names() or [])
     return f
 
 

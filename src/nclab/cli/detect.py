@@ -30,7 +30,7 @@ def register(app: typer.Typer) -> None:
         from nclab.config import ConfigError
         from nclab.detect import SCORES, score_run
         from nclab.train import CheckpointError
-        from nclab.train.dynamics import DynamicsRecorder
+        from nclab.store.dynamics import DynamicsRecorder
 
         if out is not None and out.is_dir():
             fail(f"--out {out} is a directory; give the path of the CSV file to write")
@@ -48,7 +48,7 @@ def register(app: typer.Typer) -> None:
         elif score not in SCORES:
             fail(f"unknown --score {score!r}; valid: auto, {', '.join(SCORES)}")
         from nclab.cli._common import EXIT_IO, EXIT_LOCKED, os_error_message
-        from nclab.train.rundir import RunDirError, RunLock, RunLockError
+        from nclab.store.rundir import RunDirError, RunLock, RunLockError
 
         lock = None
         if out is None:  # the CSV goes into the run directory: not while a trainer writes there

@@ -138,7 +138,7 @@ def _with_loggers(fn: Any, log: list[str], *, run_fn: Optional[str], store_root:
     import functools  # noqa: PLC0415
 
     from nclab.integrations.loggers import LOGGER_NAMES, MLflowLogger, make_loggers  # noqa: PLC0415
-    from nclab.sweep.run import train_run  # noqa: PLC0415
+    from nclab.sweep.trainer import train_run  # noqa: PLC0415
 
     if run_fn is not None:
         raise ValueError("--log works with the built-in trainer only, not with --run-fn")

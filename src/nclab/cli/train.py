@@ -39,7 +39,7 @@ def register(app: typer.Typer) -> None:
         from nclab.cli._common import EXIT_IO, EXIT_LOCKED, os_error_message
         from nclab.config import ConfigError
         from nclab.train import CheckpointError, TrainConfig, train
-        from nclab.train.rundir import RunLockError
+        from nclab.store.rundir import RunLockError
 
         from rich.markup import escape
 

@@ -15,7 +15,7 @@ from nclab.collect.core import (
     find_final_linear,
     layer_summary,
 )
-from nclab.collect.runs import LoadedRun, load_run, load_user_model
+from nclab.collect.rebuild import LoadedRun, load_run, load_user_model
 
 __all__ = [
     "LAYER_KEYS",

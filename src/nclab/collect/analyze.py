@@ -9,7 +9,6 @@ draws. Bad input raises ``ValueError`` with a one-line message.
 
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 import torch
 
 from nclab.metrics import NCResult
+from nclab.store.rundir import RunDir
 
 __all__ = ["Analysis", "analyze", "stored_run_features"]
 
@@ -77,20 +77,15 @@ def stored_run_features(run_dir: Path, *, split: str, reason: str) -> dict[str, 
     """A run's final training features from ``features.npz`` (written by the trainer), for runs
     whose data or model cannot be rebuilt in this process (in-memory data, a model passed from
     Python, a dataset/model registered elsewhere). Only the training split is stored."""
-    from nclab.store.files import load_feature_file
-
-    path = run_dir / "features.npz"
+    rd = RunDir(run_dir)
+    path = rd.features_path
     if split != "train":
         raise ValueError(f"{reason}. Only the training split's final features are stored in the run dir "
                          f"({path}); --split test needs the data and model")
     if not path.is_file():
         raise ValueError(f"{reason}. {path} does not exist either (train with save_features: true and let the run finish)")
-    f = load_feature_file(path)
-    try:
-        env = json.loads((run_dir / "env.json").read_text())
-        f["class_names"] = env.get("data", {}).get("class_names")
-    except (OSError, ValueError):
-        f["class_names"] = None
+    f = rd.features()
+    f["class_names"] = rd.class_names()
     f["note"] = (f"{reason.split(';')[0]}: metrics from the stored final features; no depth profile "
                  "(it needs the model)")
     return f
@@ -98,12 +93,12 @@ def stored_run_features(run_dir: Path, *, split: str, reason: str) -> dict[str, 
 
 def _load_state_dict_model(target: Path, *, model: str | None, model_class: str | None,
                            model_kwargs: dict[str, Any], input_shape: Any, num_classes: int) -> torch.nn.Module:
-    from nclab.collect.runs import load_user_model
+    from nclab.collect.rebuild import load_user_model
 
     if model_class is not None:
         return load_user_model(target, model_class, kwargs=model_kwargs)
     from nclab.models import build_model
-    from nclab.train.checkpoint import MAGIC, load_checkpoint
+    from nclab.store.checkpoint import MAGIC, load_checkpoint
 
     net = build_model(model, input_shape=input_shape, num_classes=num_classes, **model_kwargs)
     try:  # an nclab checkpoint (record line + archive) or a plain torch file
@@ -132,7 +127,7 @@ def analyze(target: str | Path, *, model: str | None = None, model_class: str | 
     ``layers``: module names for the depth profile (default: every activation module).
     """
     from nclab.collect import collect, default_layers
-    from nclab.collect.runs import load_run
+    from nclab.collect.rebuild import load_run
 
     target = Path(target)
     if split not in ("train", "test"):
@@ -140,7 +135,7 @@ def analyze(target: str | Path, *, model: str | None = None, model_class: str | 
     kwargs = dict(model_kwargs or {})
     stored = net = data = None
     class_names = None
-    if target.is_dir() and (target / "config.yaml").is_file():
+    if target.is_dir() and RunDir(target).is_run():
         if model or model_class or dataset:
             raise ValueError("a run directory rebuilds its own model and data; drop --model/--model-class/--dataset")
         try:

@@ -37,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from nclab.metrics import DEFAULT_CONVENTION, NCAccumulator, NCResult, evaluate_stream
+from nclab.models.heads import find_final_linear, logits_of
 
 __all__ = ["collect", "collect_layers", "default_layers", "features_of", "find_final_linear", "layer_summary", "LAYER_KEYS"]
 
@@ -137,24 +138,6 @@ def _model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def _logits_of(out: Any) -> Tensor:
-    # Models return logits, (logits, ...) or {"logits": ...}.
-    if isinstance(out, Tensor):
-        z = out
-    elif isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
-        z = out[0]
-    elif isinstance(out, dict) and isinstance(out.get("logits"), Tensor):
-        z = out["logits"]
-    else:
-        raise TypeError(
-            f"the model returned {type(out).__name__}; expected logits (a tensor), a tuple whose first "
-            "element is the logits, or a dict with key 'logits'"
-        )
-    if z.ndim != 2:
-        raise ValueError(f"the model's logits must be 2-D (batch × classes); got shape {tuple(z.shape)}")
-    return z
-
-
 def _flat(t: Any, name: str) -> Tensor:
     if isinstance(t, (tuple, list)) and t and isinstance(t[0], Tensor):
         t = t[0]
@@ -164,30 +147,6 @@ def _flat(t: Any, name: str) -> Tensor:
 
 
 # ----------------------------------------------------------------------------- hooks
-def find_final_linear(model: nn.Module, num_logits: int, *, layer: str | None = None) -> tuple[str, nn.Linear]:
-    """The classifier layer: ``layer`` by name, else the last ``nn.Linear`` in
-    ``model.named_modules()`` order whose ``out_features == num_logits``."""
-    modules = dict(model.named_modules())
-    if layer is not None:
-        if layer not in modules:
-            raise ValueError(f"model has no module named {layer!r}; linear layers: {_linear_names(model) or 'none'}")
-        mod = modules[layer]
-        if not isinstance(mod, nn.Linear):
-            raise TypeError(f"layer {layer!r} is a {type(mod).__name__}, not nn.Linear")
-        return layer, mod
-    found = [(n, m) for n, m in modules.items() if isinstance(m, nn.Linear) and m.out_features == num_logits]
-    if not found:
-        raise ValueError(
-            f"no nn.Linear with out_features == {num_logits} (the number of logits) in the model; "
-            f"name the classifier with layer=... (linear layers: {_linear_names(model) or 'none'})"
-        )
-    return found[-1]
-
-
-def _linear_names(model: nn.Module) -> str:
-    return ", ".join(f"{n} ({m.in_features}->{m.out_features})" for n, m in model.named_modules() if isinstance(m, nn.Linear))
-
-
 class _Taps:
     """Forward hooks that record, per forward call, the classifier's input and named layers' outputs.
 
@@ -303,7 +262,7 @@ class _Runner:
             if isinstance(x, np.ndarray):
                 x = torch.from_numpy(x)
             x = x.to(self.device)
-            z = _logits_of(self.model(x))
+            z = logits_of(self.model(x))
             self.taps.resolve(z)
             if self.num_logits is None:
                 self.num_logits = z.shape[1]

@@ -12,7 +12,7 @@
 """
 
 from nclab.detect.issues import FILTERS, QUALITY_METHODS, confident_joint, find_label_issues, get_label_quality_scores
-from nclab.detect.run import SCORES, Suspicion, score_arrays, score_run
+from nclab.detect.suspicion import SCORES, Suspicion, score_arrays, score_run
 from nclab.detect.scores import (
     aum_scores,
     centroid_ratio_scores,

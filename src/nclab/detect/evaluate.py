@@ -7,7 +7,7 @@ is the trainer's, stream ``"noise"``):
 * **nclab** trains one model with the trainer's engine (:func:`nclab.train.engine.fit`:
   the run's model, optimizer, loss and schedule), recording the
   eval-mode logit margins of every training sample after each epoch
-  (:mod:`nclab.train.dynamics`), then scores from the final features and from
+  (:mod:`nclab.store.dynamics`), then scores from the final features and from
   the margins (:mod:`nclab.detect.scores`);
 * **cleanlab** gets out-of-fold predicted probabilities from K-fold training of
   the *same* model, optimizer and number of epochs (each fold model is
@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from nclab.detect.issues import find_label_issues, get_label_quality_scores
-from nclab.detect.run import score_arrays
+from nclab.detect.suspicion import score_arrays
 from nclab.detect.scores import detection_quality
 
 __all__ = ["Setting", "evaluate_setting", "train_with_dynamics", "oof_probabilities", "cleanlab_available"]
@@ -93,7 +93,7 @@ def _forward(model, x, batch_size=1024):
 
 def train_with_dynamics(config, data) -> tuple[torch.nn.Module, np.ndarray]:
     """One model on the noisy training set; returns it and the margins (epochs × n, float32)."""
-    from nclab.train.dynamics import logit_margins
+    from nclab.store.dynamics import logit_margins
 
     from nclab.train.engine import fit
 

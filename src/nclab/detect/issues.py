@@ -19,8 +19,8 @@ one kind, name the rule (``method=`` for scores, ``filter_by=`` for flagged sets
 nclab does not pick one by which arrays were passed, and says so in a one-line error.
 
 ``margins`` (E×n, or n): per-epoch logit margins ``m_{e,i} = z_{y_i} − max_{j≠y_i} z_j``
-    as recorded by the trainer (:mod:`nclab.train.dynamics`;
-    :func:`nclab.train.dynamics.load_dynamics`). Methods ``aum`` (quality
+    as recorded by the trainer (:mod:`nclab.store.dynamics`;
+    :func:`nclab.store.dynamics.load_dynamics`). Methods ``aum`` (quality
     ``σ(AUM_i)`` with ``AUM_i = mean_e m_{e,i}``, the area under the margin of
     Pleiss et al. 2020; for two classes σ(margin) is the softmax probability of
     the given label) and ``fit_epoch`` (``1 −`` :func:`~nclab.detect.scores.fit_epoch_scores`).

@@ -16,7 +16,7 @@ None of the scores sees clean labels. Two sources of evidence:
   broken by ``centroid_ratio`` (scaled to < 1/k so the kNN order is kept).
 
 **Training dynamics** (margins ``m_{e,i} = z_{y_i} − max_{j≠y_i} z_j`` at the
-recorded epochs ``e = 1..E``, see :mod:`nclab.train.dynamics`):
+recorded epochs ``e = 1..E``, see :mod:`nclab.store.dynamics`):
 
 * ``aum``: ``−mean_e m_{e,i}`` — the negated area under the margin (Pleiss et
   al. 2020); mislabeled samples are fitted late and with small margins.

@@ -6,6 +6,7 @@ nn.Linear``. ``build_model`` initialises parameters from an explicit generator.
 """
 
 from nclab.models.cnn import SmallCNN
+from nclab.models.heads import find_final_linear, logits_of
 from nclab.models.init import init_parameters, materialize
 from nclab.models.mlp import ACTIVATIONS, MLP
 from nclab.models.registry import (
@@ -30,6 +31,8 @@ __all__ = [
     "SmallCNN",
     "as_feature_model",
     "build_model",
+    "find_final_linear",
+    "logits_of",
     "make_model",
     "register_model",
     "init_parameters",

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from nclab.models.cnn import SmallCNN
+from nclab.models.heads import find_final_linear, logits_of
 from nclab.models.init import materialize
 from nclab.models.mlp import MLP
 from nclab.models.resnet import ResNet18
@@ -59,8 +60,6 @@ class FeatureAdapter(nn.Module):
 
     def __init__(self, module: nn.Module, *, num_classes: int, layer: str | None = None):
         super().__init__()
-        from nclab.collect.core import find_final_linear
-
         self.module = module
         name, lin = find_final_linear(module, int(num_classes), layer=layer)
         object.__setattr__(self, "_classifier", lin)  # not a second registration of the same submodule
@@ -76,10 +75,8 @@ class FeatureAdapter(nn.Module):
         self._seen = args[0]
 
     def forward_features(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        from nclab.collect.core import _logits_of
-
         self._seen = None
-        z = _logits_of(self.module(x))
+        z = logits_of(self.module(x))
         h, self._seen = self._seen, None
         if h is None:
             raise RuntimeError(f"the classifier layer {self.classifier_name!r} was not called in forward(); "
@@ -87,9 +84,7 @@ class FeatureAdapter(nn.Module):
         return z, h.reshape(h.shape[0], -1)
 
     def forward(self, x: Tensor) -> Tensor:
-        from nclab.collect.core import _logits_of
-
-        return _logits_of(self.module(x))
+        return logits_of(self.module(x))
 
 
 def as_feature_model(module: nn.Module, *, num_classes: int, layer: str | None = None) -> nn.Module:

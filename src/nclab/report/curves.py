@@ -102,14 +102,12 @@ def plot_history(history: list[dict[str, Any]] | dict[str, list[dict[str, Any]]]
 
 
 def _history(run_dir: Path) -> list[dict[str, Any]]:
-    from nclab.store.files import read_jsonl
+    from nclab.store.rundir import RunDir
 
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        raise FileNotFoundError(f"{run_dir}: no metrics.jsonl here (not an nclab run directory?)")
-    history = [r for r in read_jsonl(path) if isinstance(r, dict) and "epoch" in r]
+    rd = RunDir(run_dir)
+    history = rd.history()
     if not history:
-        raise ValueError(f"{path} holds no epoch records yet")
+        raise ValueError(f"{rd.metrics_path} holds no epoch records yet")
     return history
 
 

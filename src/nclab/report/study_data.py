@@ -205,15 +205,15 @@ def add_geometry(store: RunStore, records: list[dict[str, Any]], *, thresholds: 
     (kind or None without ``features.npz``), ``frame_detail`` and ``bias`` (whether the
     classifier has a bias vector) on each record in place."""
     from nclab.metrics.frames import classify_features  # noqa: PLC0415
-    from nclab.store.files import load_feature_file  # noqa: PLC0415
+    from nclab.store.rundir import RunDir  # noqa: PLC0415
 
     for r in records:
         r["frame"], r["frame_detail"], r["bias"] = None, None, None
-        path = store.run_dir(r["hash"]) / "features.npz"
-        if not path.exists():
+        rd = RunDir(store.run_dir(r["hash"]))
+        if not rd.has_features():
             continue
         try:
-            f = load_feature_file(path)
+            f = rd.features()
             g = classify_features(f["features"], f["labels"], thresholds=thresholds)
         except (OSError, ValueError, KeyError) as exc:
             r["frame_detail"] = {"error": str(exc)}

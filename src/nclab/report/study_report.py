@@ -146,10 +146,10 @@ def _html_table(head, rows) -> str:
 def _feature_panels(store: RunStore, records, ds: str, figdir: Path, *, prefer_rate: float = 0.2) -> list:
     """One feature scatter per loss for one noise rate and seed (runs that saved ``features.npz``)."""
     from nclab.report.features import feature_scatter
-    from nclab.store.files import load_feature_file
+    from nclab.store.rundir import RunDir
 
     main = [r for r in records if r["dataset"] == ds and r["variant"] == "main"
-            and (store.run_dir(r["hash"]) / "features.npz").exists()]
+            and RunDir(store.run_dir(r["hash"])).has_features()]
     if not main:
         return []
     rates = sorted({r["rate"] for r in main})
@@ -157,12 +157,9 @@ def _feature_panels(store: RunStore, records, ds: str, figdir: Path, *, prefer_r
     seed = min(r["seed"] for r in main if r["rate"] == rate)
     out = []
     for r in sorted((r for r in main if r["rate"] == rate and r["seed"] == seed), key=lambda r: r["loss"]):
-        run_dir = store.run_dir(r["hash"])
-        f = load_feature_file(run_dir / "features.npz")
-        try:  # class names, when the run recorded them
-            names = json.loads((run_dir / "env.json").read_text())["data"]["class_names"] or None
-        except (OSError, ValueError, KeyError, TypeError):
-            names = None
+        rd = RunDir(store.run_dir(r["hash"]))
+        f = rd.features()
+        names = rd.class_names()  # when the run recorded them
         path = figdir / f"{ds}_features_{r['loss']}.png"
         feature_scatter(path, f["features"], f["labels"], f["clean_labels"], weight=f.get("W"), bias=f.get("b"),
                         class_names=names,

@@ -59,7 +59,7 @@ class SweepSummary:
 def resolve_run_fn(spec: str | RunFn | None) -> RunFn:
     """A run function from ``"module:function"`` (or a callable); None -> the real trainer."""
     if spec is None:
-        from nclab.sweep.run import train_run  # noqa: PLC0415
+        from nclab.sweep.trainer import train_run  # noqa: PLC0415
 
         return train_run
     if callable(spec):
@@ -107,7 +107,7 @@ def run_sweep(
     if stacking and stack_fn is None:
         import functools  # noqa: PLC0415
 
-        from nclab.sweep.run import train_run, train_stack_run  # noqa: PLC0415
+        from nclab.sweep.trainer import train_run, train_stack_run  # noqa: PLC0415
 
         if run_fn is train_run:
             stack_fn = train_stack_run

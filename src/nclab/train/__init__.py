@@ -2,10 +2,10 @@
 
 ``train(config, run_dir=...)`` runs one experiment and writes ``config.yaml``,
 ``env.json``, ``metrics.jsonl``, ``noise.npz``, ``status.json`` and
-``checkpoints/last.pt`` to the run directory (see :mod:`nclab.train.rundir`).
+``checkpoints/last.pt`` to the run directory (see :mod:`nclab.store.rundir`).
 """
 
-from nclab.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from nclab.store.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from nclab.train.config import (
     DatasetConfig,
     LossConfig,
@@ -18,7 +18,7 @@ from nclab.train.config import (
 from nclab.train.data import RunData, prepare_data, resolve_device
 from nclab.train.engine import batch_bounds
 from nclab.train.loop import TIMING_KEYS, RunResult, train, train_stack
-from nclab.train.rundir import RunDirError
+from nclab.store.rundir import RunDirError
 from nclab.train.schedule import lr_at
 
 __all__ = [

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from nclab.config import ConfigError
 from nclab.seeding import numpy_generator
-from nclab.train.checkpoint import CheckpointError
+from nclab.store.checkpoint import CheckpointError
 from nclab.train.config import TrainConfig
 
 __all__ = ["RunData", "check_noise_file", "prepare_data", "resolve_device"]
@@ -142,7 +142,7 @@ def prepare_data(config: TrainConfig, device: torch.device, *, dataset: Any = No
 
 def check_noise_file(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """A resumed run's stored labels must be the ones its config generates now."""
-    from nclab.train import rundir
+    from nclab.store import rundir
 
     old = rundir.load_npz(path)
     for key in ("noisy", "clean", "train_idx", "val_idx"):

@@ -23,12 +23,14 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from nclab.config import ConfigError
-from nclab.train import policy, rundir
-from nclab.train.checkpoint import CheckpointError
+from nclab.store import rundir
+from nclab.train import policy
+from nclab.store.checkpoint import CheckpointError
 from nclab.train.config import TrainConfig
 from nclab.train.data import resolve_device
 from nclab.train.engine import make_engine
 from nclab.train.progress import Progress
+from nclab.train.signals import StopSignals
 from nclab.train.session import TIMING_KEYS, RunResult, RunSession, copy_model
 from nclab.train.threads import thread_scope
 
@@ -63,7 +65,7 @@ def train(
     (status ``"stopped"``, resumable) — for time-boxed sessions and tests.
     A non-finite loss, parameter or logit stops the run with status ``"diverged"``,
     keeping the last good checkpoint. The run directory is locked
-    (:class:`~nclab.train.rundir.RunLock`) for the whole call: a second process gets
+    (:class:`~nclab.store.rundir.RunLock`) for the whole call: a second process gets
     ``RunLockError`` naming this one's pid. ``handle_signals=True`` (the CLI) turns
     the first SIGINT/SIGTERM into a clean stop after the current epoch: checkpoint,
     ``status.json`` = ``interrupted``, status ``"interrupted"`` returned.
@@ -138,7 +140,7 @@ def train_stack(
     overwrites = [overwrite] * n if isinstance(overwrite, bool) else list(overwrite)
     models = [model] + [copy_model(model) for _ in range(n - 1)]
     stack = {"size": n, "members": [c.config_hash() for c in configs]} if n > 1 else None
-    with thread_scope(configs[0].threads), rundir.StopSignals(enabled=handle_signals) as signals:
+    with thread_scope(configs[0].threads), StopSignals(enabled=handle_signals) as signals:
         sessions: list[RunSession] = []
         try:
             for k in range(n):
@@ -171,7 +173,7 @@ def train_stack(
     return [s.result(signum=signals.signum) for s in sessions]
 
 
-def _train_sessions(sessions: list[RunSession], *, signals: rundir.StopSignals, progress: bool,
+def _train_sessions(sessions: list[RunSession], *, signals: StopSignals, progress: bool,
                     on_epoch: Callable[[int, int], None] | None) -> None:
     bar = Progress(progress, [(s.config.name, s.config.epochs, s.start) for s in sessions])
     try:
@@ -187,7 +189,7 @@ def _train_sessions(sessions: list[RunSession], *, signals: rundir.StopSignals, 
         bar.close()
 
 
-def _train_group(sessions: list[RunSession], members: list[int], *, signals: rundir.StopSignals, bar: Progress,
+def _train_group(sessions: list[RunSession], members: list[int], *, signals: StopSignals, bar: Progress,
                  on_epoch: Callable[[int, int], None] | None) -> None:
     """Train the runs ``members`` (indices into ``sessions``) together until each has left."""
     if signals.signum is not None:  # a stop was requested while an earlier group trained

@@ -56,7 +56,7 @@ def end_epoch(s: RunSession, *, loss: float, params_finite: bool, logits: Tensor
               epoch_time: float, signals: Any = None) -> dict[str, Any] | None:
     """Apply the policy to the epoch just trained (see the module docstring); returns its
     evaluation record, if any. Afterwards ``s.status != "running"`` or ``s.done`` says the run
-    leaves its trainer. ``signals``: a :class:`~nclab.train.rundir.StopSignals` (a stop request
+    leaves its trainer. ``signals``: a :class:`~nclab.train.signals.StopSignals` (a stop request
     received before the policy's end ends the session)."""
     c = s.config
     epoch = s.epoch + 1

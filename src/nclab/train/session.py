@@ -32,8 +32,8 @@ from nclab.models import build_model
 from nclab.seeding import torch_generator
 from nclab.store.files import append_jsonl, atomic_write_json, read_jsonl, truncate_jsonl
 from nclab.train import data as run_data
-from nclab.train import rundir
-from nclab.train.checkpoint import CheckpointError, checkpoint_info, load_checkpoint, save_checkpoint
+from nclab.store import rundir
+from nclab.store.checkpoint import CheckpointError, checkpoint_info, load_checkpoint, save_checkpoint
 from nclab.train.config import TrainConfig
 from nclab.train.engine import make_optimizer
 from nclab.train.evaluate import feature_arrays
@@ -176,7 +176,7 @@ class RunSession:
         env["data"] = self.data.info
         rundir.write_env(self.run_dir, env)
         if self.config.record_dynamics:
-            from nclab.train.dynamics import DynamicsRecorder
+            from nclab.store.dynamics import DynamicsRecorder
 
             self.recorder = DynamicsRecorder(self.run_dir)
             if resuming:
@@ -214,7 +214,7 @@ class RunSession:
         rundir.check_history(self.run_dir, epoch=self.start, saved=state.get("metrics_jsonl"),
                              eval_every=self.config.eval_every, epochs=self.config.epochs)
         if self.config.record_dynamics:
-            from nclab.train.dynamics import DynamicsRecorder
+            from nclab.store.dynamics import DynamicsRecorder
 
             try:
                 DynamicsRecorder(self.run_dir).verify(upto=self.start)

@@ -153,22 +153,20 @@ def score_run(
     when ``noise.npz`` holds it, is attached but never used for scoring.
     """
     from nclab.detect.issues import find_label_issues
-    from nclab.train import rundir
-    from nclab.train.dynamics import load_dynamics
+    from nclab.store import rundir
 
     if score not in SCORES:
         raise ValueError(f"unknown score {score!r}; valid: {', '.join(SCORES)}")
-    run_dir = Path(run_dir)
-    if not (run_dir / rundir.CONFIG).is_file():
-        raise FileNotFoundError(f"{run_dir} is not an nclab run directory (no {rundir.CONFIG})")
+    rd = rundir.RunDir(run_dir).require_run()
+    run_dir = rd.path
     margins = None
     try:
-        margins = load_dynamics(run_dir).margins
+        margins = rd.dynamics().margins
     except FileNotFoundError:
         if score in _NEEDS_DYNAMICS:
             raise
-    arrays = rundir.load_npz(run_dir / rundir.NOISE) if (run_dir / rundir.NOISE).exists() else {}
-    feat_path = run_dir / rundir.FEATURES
+    arrays = rd.noise()
+    feat_path = rd.features_path
     stored = rundir.load_npz(feat_path) if feat_path.exists() else {}
     if "noisy" in arrays:
         train_idx = np.asarray(arrays.get("train_idx", np.arange(len(arrays["noisy"]))), dtype=np.int64)
@@ -211,7 +209,7 @@ def score_run(
 
 def _rebuilt_features(run_dir: Path, *, device: str, batch_size: int) -> np.ndarray:
     """Final features from the checkpoint, for runs without ``features.npz``."""
-    from nclab.collect.runs import load_run
+    from nclab.collect.rebuild import load_run
 
     try:
         run = load_run(run_dir, device=device)

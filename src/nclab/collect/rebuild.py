@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from nclab.train.checkpoint import MAGIC as CKPT_MAGIC, load_checkpoint
+from nclab.store.checkpoint import MAGIC as CKPT_MAGIC, load_checkpoint
 from torch import nn
 
 __all__ = ["LoadedRun", "load_run", "load_user_model"]
@@ -31,21 +31,13 @@ def load_run(run_dir: str | Path, *, device: str | torch.device = "cpu") -> Load
     model, and load ``checkpoints/last.pt`` (checksum and config hash verified)."""
     from nclab.models import build_model
     from nclab.seeding import torch_generator
-    from nclab.train import TrainConfig, load_checkpoint, prepare_data
-    from nclab.train import rundir
+    from nclab.store.rundir import RunDir
+    from nclab.train import TrainConfig, prepare_data
 
-    run_dir = Path(run_dir)
-    cfg_path = run_dir / rundir.CONFIG
-    if not cfg_path.is_file():
-        raise FileNotFoundError(f"{run_dir} is not an nclab run directory (no {rundir.CONFIG})")
-    config = TrainConfig.from_sources(cfg_path)
-    try:
-        import json
-
-        env = json.loads((run_dir / rundir.ENV).read_text())
-    except (OSError, ValueError):
-        env = {}
-    info = env.get("data", {}) if isinstance(env, dict) else {}
+    rd = RunDir(run_dir).require_run()
+    run_dir = rd.path
+    config = TrainConfig.from_sources(rd.config_path)
+    info = rd.data_info()
     if info.get("source") == "python" or "model" in info:
         what = "in-memory data" if info.get("source") == "python" else f"a model passed from Python ({info['model']})"
         raise ValueError(f"{run_dir} was trained on {what} (train(config, dataset=..., model=...)); nclab cannot "
@@ -62,7 +54,7 @@ def load_run(run_dir: str | Path, *, device: str | torch.device = "cpu") -> Load
     data = prepare_data(config, dev)
     model = build_model(config.model.name, input_shape=data.input_shape, num_classes=data.num_classes,
                         generator=torch_generator(config.seed, "init"), **config.model.options())
-    state = load_checkpoint(run_dir / rundir.CHECKPOINT, config_hash=config.config_hash())
+    state = load_checkpoint(rd.checkpoint_path, config_hash=config.config_hash())
     model.load_state_dict(state["model"])
     return LoadedRun(run_dir=run_dir, config=config, model=model.to(dev).eval(), data=data, epoch=int(state["epoch"]))
 

@@ -104,8 +104,7 @@ class DynamicsRecorder:
     """Writes per-epoch per-sample margins under ``run_dir/dynamics``.
 
     Call :meth:`clear` when a run starts fresh, :meth:`truncate` (``after`` = the
-    checkpoint epoch) when it resumes, then :meth:`record` (or
-    :meth:`record_model`) at each evaluation.
+    checkpoint epoch) when it resumes, then :meth:`record` the margins of each epoch's logits.
     """
 
     def __init__(self, run_dir: str | Path):
@@ -142,17 +141,6 @@ class DynamicsRecorder:
         atomic_write_bytes(self.path(epoch), buf.getvalue())
         self.last = m
         return self.path(epoch)
-
-    @torch.no_grad()
-    def record_model(self, epoch: int, model: torch.nn.Module, x: Tensor, labels: Tensor, *, batch_size: int = 1024) -> Path:
-        """Forward ``x`` in eval mode (mode restored) and :meth:`record` the margins."""
-        was = model.training
-        model.eval()
-        try:
-            z = torch.cat([model(x[i : i + batch_size]) for i in range(0, x.shape[0], batch_size)])
-        finally:
-            model.train(was)
-        return self.record(epoch, z, labels)
 
     def verify(self, *, upto: int) -> None:
         """Check that the records of epochs ``1..upto`` (what a resume from a checkpoint at

@@ -1,15 +1,20 @@
-"""Run-directory layout and the rules for reusing one.
+"""The run directory: its layout, the rules for reusing one, and one reader (:class:`RunDir`).
 
 ::
 
     run_dir/
       config.yaml              resolved config, every default written out
-      env.json                 versions, seed, device, git commit, hostname
+      env.json                 versions, seed, device, git commit, hostname, data info
       metrics.jsonl            one flat record per evaluation
       noise.npz                noisy/clean labels, transition, train/val indices
+      features.npz             final training features, labels, classifier (nclab metrics' format)
       status.json              completed | stopped | diverged | interrupted, with the last epoch
       checkpoints/last.pt      record line (sha256, epoch, config hash) + weights, one atomic file
+      dynamics/epoch_XXXX.npy  logit margins per epoch (nclab.store.dynamics)
       .nclab.lock              advisory lock of the process writing the run (pid, host, start)
+
+The trainer writes it (through the functions here, :mod:`nclab.store.checkpoint` and
+:mod:`nclab.store.dynamics`); detection, collection and reports read it through :class:`RunDir`.
 
 Only one process writes a run directory at a time: :class:`RunLock` holds an OS
 advisory lock (``flock``) on ``.nclab.lock`` for the run's life. The kernel drops the
@@ -42,7 +47,6 @@ import yaml
 
 from nclab.config import ConfigError
 from nclab.store.files import atomic_write_bytes, atomic_write_json, atomic_write_text, check_npz, to_json, write_all
-from nclab.train.config import TrainConfig
 
 CONFIG = "config.yaml"
 ENV = "env.json"
@@ -56,6 +60,79 @@ LOCK = ".nclab.lock"
 
 # A folder holding any of these is an nclab run: ``overwrite`` may empty it.
 _MARKERS = (CONFIG, ENV, METRICS, NOISE, FEATURES, STATUS, "checkpoints", "dynamics")
+
+
+class RunDir:
+    """Read access to one run directory: the paths of its files and readers that parse them."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    config_path = property(lambda self: self.path / CONFIG)
+    env_path = property(lambda self: self.path / ENV)
+    metrics_path = property(lambda self: self.path / METRICS)
+    noise_path = property(lambda self: self.path / NOISE)
+    features_path = property(lambda self: self.path / FEATURES)
+    status_path = property(lambda self: self.path / STATUS)
+    checkpoint_path = property(lambda self: self.path / CHECKPOINT)
+
+    def is_run(self) -> bool:
+        """Whether this is an nclab run directory (it has ``config.yaml``)."""
+        return self.config_path.is_file()
+
+    def require_run(self) -> "RunDir":
+        if not self.is_run():
+            raise FileNotFoundError(f"{self.path} is not an nclab run directory (no {CONFIG})")
+        return self
+
+    def has_checkpoint(self) -> bool:
+        return self.checkpoint_path.exists()
+
+    def has_features(self) -> bool:
+        return self.features_path.is_file()
+
+    def env(self) -> dict[str, Any]:
+        """``env.json``, or ``{}`` when it is missing or unreadable."""
+        try:
+            env = json.loads(self.env_path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return env if isinstance(env, dict) else {}
+
+    def data_info(self) -> dict[str, Any]:
+        """``env.json``'s ``data`` section (sizes, class names, ``source``/``model`` of Python runs)."""
+        info = self.env().get("data", {})
+        return info if isinstance(info, dict) else {}
+
+    def class_names(self) -> list[str] | None:
+        return self.data_info().get("class_names") or None
+
+    def history(self) -> list[dict[str, Any]]:
+        """The epoch records of ``metrics.jsonl`` (``FileNotFoundError`` without the file)."""
+        from nclab.store.files import read_jsonl
+
+        if not self.metrics_path.is_file():
+            raise FileNotFoundError(f"{self.path}: no {METRICS} here (not an nclab run directory?)")
+        return [r for r in read_jsonl(self.metrics_path) if isinstance(r, dict) and "epoch" in r]
+
+    def noise(self) -> dict[str, np.ndarray]:
+        """``noise.npz``'s arrays, or ``{}`` when the run has none."""
+        return load_npz(self.noise_path) if self.noise_path.exists() else {}
+
+    def features(self) -> dict[str, np.ndarray]:
+        """``features.npz`` checked as ``nclab metrics`` reads it (``FileNotFoundError`` without it)."""
+        from nclab.store.files import load_feature_file
+
+        return load_feature_file(self.features_path)
+
+    def dynamics(self) -> Any:
+        """The recorded logit margins (:func:`nclab.store.dynamics.load_dynamics`)."""
+        from nclab.store.dynamics import load_dynamics
+
+        return load_dynamics(self.path)
 
 
 class RunDirError(ConfigError):
@@ -228,7 +305,7 @@ def clear_run_dir(run_dir: Path) -> None:
             raise RunDirError(f"cannot remove {p} to overwrite the run: {exc.strerror or exc}") from None
 
 
-def prepare_run_dir(run_dir: Path, config: TrainConfig, *, resume: bool, overwrite: bool) -> bool:
+def prepare_run_dir(run_dir: Path, config: Any, *, resume: bool, overwrite: bool) -> bool:
     """Check ``run_dir`` against ``config``; returns True when there is a run to resume.
 
     - empty / new folder: fresh run;
@@ -343,7 +420,7 @@ def _epoch(record: dict) -> int:
     return e if isinstance(e, int) and not isinstance(e, bool) else 0
 
 
-def write_config(run_dir: Path, config: TrainConfig) -> None:
+def write_config(run_dir: Path, config: Any) -> None:
     atomic_write_text(run_dir / CONFIG, config.to_yaml())
 
 
@@ -358,7 +435,7 @@ def _git_commit() -> str | None:
         return None
 
 
-def environment(config: TrainConfig, device: torch.device) -> dict[str, Any]:
+def environment(config: Any, device: torch.device) -> dict[str, Any]:
     """Versions, seed, device, git commit and host of this process."""
     import nclab
 
@@ -399,61 +476,3 @@ def load_npz(path: Path) -> dict[str, np.ndarray]:
             return {k: f[k] for k in f.files}
     except (ValueError, OSError, EOFError, MemoryError) as exc:
         raise ValueError(f"{path} is not a readable .npz file: {exc}") from None
-
-
-class StopSignals:
-    """SIGINT/SIGTERM as a request to stop cleanly (for the command line; opt-in).
-
-    While active (``with StopSignals(enabled=True) as sig``), the first SIGINT or
-    SIGTERM only sets ``sig.signum`` and prints one line; the training loop checks it
-    after each epoch, writes a checkpoint and ``status.json`` = ``interrupted`` and
-    returns. A second signal raises ``KeyboardInterrupt`` at once (the epoch in flight
-    is abandoned; the last checkpoint stays). Handlers are installed only in the main
-    thread and restored on exit; disabled, nothing changes (a library caller keeps
-    Python's default ``KeyboardInterrupt``).
-    """
-
-    def __init__(self, *, enabled: bool = True):
-        self.enabled = enabled
-        self.signum: int | None = None
-        self._old: dict[int, Any] = {}
-
-    @property
-    def exit_code(self) -> int:
-        """The shell convention 128 + signal number (130 SIGINT, 143 SIGTERM); 0 without a signal."""
-        return 128 + self.signum if self.signum else 0
-
-    @property
-    def name(self) -> str:
-        import signal
-
-        return signal.Signals(self.signum).name if self.signum else ""
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        import signal
-
-        if self.signum is not None:
-            raise KeyboardInterrupt
-        self.signum = signum
-        msg = (f"\nnclab: {signal.Signals(signum).name} received: finishing the current epoch, then writing a "
-               "checkpoint (send it again to stop at once)\n")
-        try:
-            os.write(2, msg.encode())
-        except OSError:
-            pass
-
-    def __enter__(self) -> "StopSignals":
-        import signal
-        import threading
-
-        if self.enabled and threading.current_thread() is threading.main_thread():
-            for s in (signal.SIGINT, signal.SIGTERM):
-                self._old[s] = signal.signal(s, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        import signal
-
-        for s, old in self._old.items():
-            signal.signal(s, old)
-        self._old.clear()

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from nclab.store.rundir import RunDir
+
 __all__ = ["train_run", "train_stack_run"]
 
 
@@ -20,7 +22,7 @@ def train_run(config: dict, run_dir: str, *, log: tuple[str, ...] = (), mlflow_u
     loggers, as :func:`nclab.integrations.loggers.make_loggers` (bind them with ``functools.partial``)."""
     # the thread count is the config's ``threads`` (set by ``train`` itself), whatever the worker
     from nclab.train import CheckpointError, RunDirError, TrainConfig, train  # noqa: PLC0415
-    from nclab.train.rundir import RunLockError  # noqa: PLC0415
+    from nclab.store.rundir import RunLockError  # noqa: PLC0415
 
     cfg = TrainConfig.model_validate(config)
     rd = Path(run_dir)
@@ -34,7 +36,7 @@ def train_run(config: dict, run_dir: str, *, log: tuple[str, ...] = (), mlflow_u
                             experiment=experiment)
 
     result = None
-    if (rd / "checkpoints" / "last.pt").exists():
+    if RunDir(rd).has_checkpoint():
         try:
             result = train(cfg, run_dir=rd, resume=True, overwrite=False, progress=False, loggers=loggers())
         except RunLockError:
@@ -64,7 +66,7 @@ def train_stack_run(configs: list[dict], run_dirs: list[str], *, log: tuple[str,
     from nclab.train.stacked import train_stack  # noqa: PLC0415
 
     cfgs = [TrainConfig.model_validate(c) for c in configs]
-    resume = [(Path(d) / "checkpoints" / "last.pt").exists() for d in run_dirs]
+    resume = [RunDir(d).has_checkpoint() for d in run_dirs]
     lgs = None
     if log:
         from nclab.integrations.loggers import make_loggers  # noqa: PLC0415
