@@ -166,7 +166,7 @@ def test_torn_last_line_before_the_checkpoint_is_rebuilt(half_run, full_run):
 
 
 def test_missing_history_without_a_copy_in_the_checkpoint_is_refused(half_run, monkeypatch):
-    from nclab.train import checkpoint as ck
+    from nclab.store import checkpoint as ck
 
     # a checkpoint written before checkpoints carried the history
     state = ck.load_checkpoint(half_run / "checkpoints" / "last.pt")
