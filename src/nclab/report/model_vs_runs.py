@@ -107,7 +107,7 @@ def select_runs(rows: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], d
             reasons[why] += 1
             continue
         acc = _num(r.get("test_acc"))
-        used.append({"dataset": str(r.get("dataset")), "classes": int(r.get("classes") or 2), "loss": loss,
+        used.append({"dataset": str(r.get("dataset")), "classes": int(_num(r.get("classes")) or 2), "loss": loss,
                      "alpha": _num(r.get("alpha")), "rate": p, "eta": eta, "seed": r.get("seed"),
                      "memorization": m, "dilation": d, "test_error": None if acc is None else 1.0 - acc})
     info = {"rows": len(rows), "noisy_main_runs": noisy_main, "used_runs": len(used),
@@ -331,7 +331,8 @@ def _plot(results, path: Path) -> None:
     from nclab.report.style import LOSS_COLORS, apply_style, plt, save  # noqa: PLC0415
 
     apply_style()
-    fig, axes = plt.subplots(len(results), len(MECHANISMS), figsize=(12.0, 3.2 * len(results)), squeeze=False)
+    fig, axes = plt.subplots(len(results), len(MECHANISMS), figsize=(12.0, 3.4 * len(results) + 0.6), squeeze=False,
+                             layout="constrained")
     for row, res in zip(axes, results):
         for ax, (key, label, below, _, ref) in zip(row, MECHANISMS):
             cells = [c for c in res["cells"] if c["n_pairs"] > 0]
@@ -358,7 +359,7 @@ def _plot(results, path: Path) -> None:
             ax.set_ylabel(label)
             ax.set_title(f"{res['dataset']}: {label}")
         row[0].legend(fontsize=7)
-    fig.suptitle("M-D model (soft constraint) fitted to CE, LS/CE ratios predicted; orthogonal-frame runs only", y=1.0)
+    fig.suptitle("M-D model (soft constraint) fitted to CE, LS/CE ratios predicted; orthogonal-frame runs only")
     save(fig, path)
 
 
@@ -410,7 +411,8 @@ def section(rows: Sequence[dict[str, Any]], out_dir: str | Path, *, seed: int = 
         lines.append("Pairs left out: " + "; ".join(f"{why}: {n}" for why, n in info["pairs_left_out"].items()) + ".")
     lines.append("")
     summary: dict[str, Any] = {
-        "model": {"constraint": "soft", "penalty": float(penalty), "lambda_w": 5e-3, "lambda_h": 5e-3, "per_class": 10},
+        "model": {"constraint": "soft", "penalty": float(penalty), "lambda_w": 5e-3, "lambda_h": 5e-3, "per_class": 10,
+                  "starts": 1, "lambda_grid": [float(v) for v in lambdas]},
         "rule": {"consistent": "prediction interval and measured interval overlap",
                  "prediction_interval": f"{LEVEL:.0%} percentile of seed-bootstrap refits",
                  "measured_interval": f"mean of per-seed ratios, {LEVEL:.0%} Student-t",
