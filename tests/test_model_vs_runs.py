@@ -100,6 +100,11 @@ def test_selection_counts_geometry_noise_free_variants_and_divergence(tmp_path):
     assert sel["pairs_total"] == 16 and sel["pairs_used"] == 11
     assert sel["pairs_left_out"] == {"not both orthogonal (CE dead class / LS dead class)": 4, "a run not completed": 1}
     assert "Pairs used: 11 of 16" in text and "geometry: dead class: 8" in text
+    # a cell without pairs is named, not tabulated
+    rows = [r for r in rows if not (r["noise_rate"] == 0.3 and r["loss"] == "ls")]
+    text, summary = section(rows, tmp_path, **FAST)
+    assert "No pair at p = 0.3 (those cells' CE runs enter the fit only)" in text
+    assert "| 0.3 |" not in text and summary["datasets"][0]["n_ce_runs"] == 12
 
 
 def test_ls_memorizing_more_than_the_model_allows_is_reported_as_contradicting(tmp_path):
@@ -111,7 +116,8 @@ def test_ls_memorizing_more_than_the_model_allows_is_reported_as_contradicting(t
     assert q["verdict"] == "contradicted" and q["consistent"] is False
     mem = next(m for m in summary["mechanisms"] if m["mechanism"] == "memorization")
     assert mem["verdicts"].get("contradicted", 0) >= 1
-    assert "(LS memorizes less), the runs 1.3" in text and "**contradicted**" in text
+    assert "(LS memorizes less), runs 1.3" in text and "→ **contradicted**, sizes differ" in text
+    assert mem["compared"] >= 1 and mem["consistent"] < mem["compared"]
 
 
 def test_same_seed_same_summary(tmp_path):

@@ -302,28 +302,36 @@ def _dataset(ds, runs, pairs, *, rng, n_boot, penalty, lambdas, notes) -> dict[s
 
 
 def _mechanism_lines(results) -> tuple[list[str], list[dict[str, Any]]]:
+    """Per mechanism: one line per dataset (the cells with pairs), then a tally over all datasets."""
     lines, out = [], []
     for key, label, below, above, ref in MECHANISMS + (TEST_ERROR,):
+        say = {"below": below, "above": above, "contains": "no clear direction", None: "no interval"}
         tally: Counter = Counter()
+        sizes = [0, 0]  # consistent, compared
         for res in results:
-            cells = [c for c in res["cells"] if key in c["quantities"]]
+            cells = [c for c in res["cells"] if key in c["quantities"] and c["n_pairs"] > 0]
             if not cells:
                 continue
             parts = []
             for c in cells:
                 q = c["quantities"][key]
                 tally[q["verdict"]] += 1
-                say = {"below": below, "above": above, "contains": "no clear direction", None: "no interval"}
-                parts.append(f"η = {c['eta']:.3g} (p = {c['rate']:g}): the model gives {label} = "
-                             f"{_fmt(q['predicted'])} {_ci(q['predicted_ci'])} ({say[q['model_side']]}), the runs "
-                             f"{_fmt(q['measured'])} {_ci(q['measured_ci'])} ({say[q['runs_side']]}, "
-                             f"{q['n']} pairs): **{q['verdict']}**")
+                if q["consistent"] is not None:
+                    sizes[0] += q["consistent"]
+                    sizes[1] += 1
+                parts.append(f"η = {c['eta']:.3g}: model {_fmt(q['predicted'])} {_ci(q['predicted_ci'])} "
+                             f"({say[q['model_side']]}), runs {_fmt(q['measured'])} {_ci(q['measured_ci'])} "
+                             f"({say[q['runs_side']]}, {q['n']} pairs) → **{q['verdict']}**"
+                             + (", sizes differ" if q["consistent"] is False else ""))
             lines.append(f"- {res['dataset']}, {label}: " + "; ".join(parts) + ".")
             out.append({"dataset": res["dataset"], "mechanism": key, "label": label,
-                        "verdicts": dict(Counter(c["quantities"][key]["verdict"] for c in cells))})
+                        "verdicts": dict(Counter(c["quantities"][key]["verdict"] for c in cells)),
+                        "consistent": sum(bool(c["quantities"][key]["consistent"]) for c in cells),
+                        "compared": sum(c["quantities"][key]["consistent"] is not None for c in cells)})
         if tally:
-            lines.append(f"- **{label} ({below} when < {ref:g}), all datasets:** " +
-                         ", ".join(f"{v} in {n} cell{'s' if n != 1 else ''}" for v, n in sorted(tally.items())) + ".")
+            lines.append(f"- **{label} (< {ref:g}: {below}), all datasets:** "
+                         + ", ".join(f"{v} in {n} cell{'s' if n != 1 else ''}" for v, n in sorted(tally.items()))
+                         + f"; the predicted size is consistent with the runs in {sizes[0]} of {sizes[1]}.")
     return lines, out
 
 
@@ -449,11 +457,17 @@ def section(rows: Sequence[dict[str, Any]], out_dir: str | Path, *, seed: int = 
         lines += ["| p | η | pairs | ratio | model (95% bootstrap) | runs (95% t) | consistent | mechanism |",
                   "|---|---|---|---|---|---|---|---|"]
         for c in res["cells"]:
+            if not c["n_pairs"]:
+                continue
             for q in c["quantities"].values():
                 cons = "n/a" if q["consistent"] is None else ("yes" if q["consistent"] else "no")
                 lines.append(f"| {c['rate']:g} | {c['eta']:.3g} | {c['n_pairs']} | {q['label']} | "
                              f"{_fmt(q['predicted'])} {_ci(q['predicted_ci'])} | {_fmt(q['measured'])} "
                              f"{_ci(q['measured_ci'])} | {cons} | {q['verdict']} |")
+        lonely = [c for c in res["cells"] if not c["n_pairs"]]
+        if lonely:
+            rates = ", ".join(f"{c['rate']:g}" for c in lonely)
+            lines.append(f"\nNo pair at p = {rates} (those cells' CE runs enter the fit only).")
         lines.append("")
         if not res["test_error_compared"]:
             lines += [f"The model's test-error proxy at the fitted λ lies in [{res['proxy_range'][0]:.2g}, "
