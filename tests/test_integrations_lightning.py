@@ -85,14 +85,16 @@ def test_callback_and_metric_log_through_the_trainer(tmp_path):
         trainer.fit(model, train, val_dataloaders=evaluation)
     rows = _rows(trainer.logger.log_dir + "/metrics.csv")
 
-    nc_rows = [r for r in rows if r.get("nc/nc1")]
+    nc_rows = [r for r in rows if r.get("train/nc1")]
     assert [int(r["epoch"]) for r in nc_rows] == [0, 1]  # both epochs, Lightning's 0-based epoch column
     last = nc_rows[-1]
     # the last measurement is of the final model: recompute it directly
     ref = nclab.collect(model, evaluation).values
     for key in ("nc1", "nc2_etf_error_means", "nc3_zhu", "nc4_ncc_mismatch", "memorization", "dilation",
                 "accuracy_clean"):
-        assert float(last[f"nc/{key}"]) == pytest.approx(ref[key], rel=1e-6), key
+        assert float(last[f"train/{key}"]) == pytest.approx(ref[key], rel=1e-6), key
+    assert "train/num_classes" not in last  # a constant: once, in hparams.yaml
+    assert "train/num_classes" in open(trainer.logger.log_dir + "/hparams.yaml").read()
     assert cb.last_epoch == 2 and cb.last_result.values["memorization"] == pytest.approx(ref["memorization"])
 
     # the torchmetrics metric, accumulated in validation_step and logged with log_dict

@@ -52,7 +52,9 @@ def test_default_mlflow_uri(tmp_path, monkeypatch):
     from nclab.integrations.loggers import default_mlflow_uri
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert default_mlflow_uri(tmp_path / "run") == f"sqlite:///{(tmp_path / 'run' / 'mlflow.db').resolve()}"
+    assert default_mlflow_uri(tmp_path / "store") == f"sqlite:///{(tmp_path / 'store' / 'mlflow.db').resolve()}"
+    monkeypatch.chdir(tmp_path)
+    assert default_mlflow_uri() == f"sqlite:///{(tmp_path / 'mlflow.db').resolve()}"  # one per working directory
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://example:5000")
     assert default_mlflow_uri(tmp_path / "run") == "http://example:5000"
 
@@ -75,6 +77,19 @@ class _Recorder(MetricsLogger):
 
     def close(self, *, status="completed"):
         self.closed = status
+
+
+def test_tracking_key_is_one_scheme_without_duplicates():
+    from nclab.integrations.loggers import tracking_key, tracking_record
+
+    assert tracking_key("train.nc1") == "train/nc1" and tracking_key("test.dilation") == "test/dilation"
+    assert tracking_key("train_loss") == "train/loss" and tracking_key("epoch") is None
+    assert tracking_key("test_acc") == tracking_key("test.accuracy") == "test/accuracy"
+    rec = {"epoch": 2, "test_acc": 0.9, "test.accuracy": 0.9, "train.nc1": 0.5, "train.num_classes": 2,
+           "test.feature_dim": 4, "train.n_samples": 100, "train.nc1_rank": 2, "lr": 0.1, "stop_reason": "epochs"}
+    metrics, constants = tracking_record(rec)
+    assert metrics == {"test/accuracy": 0.9, "train/nc1": 0.5, "train/nc1_rank": 2.0, "train/lr": 0.1}
+    assert constants == {"train/num_classes": 2.0, "test/feature_dim": 4.0, "train/n_samples": 100.0}
 
 
 def test_scalar_metrics_and_params():
@@ -105,8 +120,9 @@ def test_train_calls_loggers_per_record_and_at_the_end(tmp_path, mlflow_uri):
 
     # TensorBoard: its own event reader, tags with train/ and test/ groups
     tb = _tb_scalars(run_dir / "tensorboard")
-    assert [s for s, _ in tb["test_acc"]] == [1, 2]
-    assert tb["test_acc"][-1][1] == pytest.approx(final["test_acc"], rel=1e-6)  # event files hold float32
+    assert [s for s, _ in tb["test/accuracy"]] == [1, 2]
+    assert tb["test/accuracy"][-1][1] == pytest.approx(final["test_acc"], rel=1e-6)  # event files hold float32
+    assert "test_acc" not in tb and "train/num_classes" not in tb  # no duplicate, no constant series
     assert tb["train/nc1"][-1][1] == pytest.approx(final["train.nc1"], rel=1e-6)
     assert tb["train/memorization"][-1][1] == pytest.approx(final["train.memorization"], rel=1e-6)
 
@@ -114,12 +130,18 @@ def test_train_calls_loggers_per_record_and_at_the_end(tmp_path, mlflow_uri):
     client, runs = _mlflow_history(mlflow_uri, "library")
     assert len(runs) == 1
     run = runs[0]
-    assert run.info.status == "FINISHED" and run.info.run_name == cfg.name
+    assert run.info.status == "FINISHED" and run.info.run_name == f"{cfg.name}-{cfg.config_hash()[:8]}"
     assert run.data.params["optim.lr"] == "0.05"
-    hist = client.get_metric_history(run.info.run_id, "train.dilation")
+    assert run.data.params["train/num_classes"] == "2"  # a constant: once, as a param
+    # TensorBoard tags and MLflow metric keys of one run: the same set
+    assert set(run.data.metrics) == set(tb)
+    hist = client.get_metric_history(run.info.run_id, "train/dilation")
     assert [m.step for m in hist] == [1, 2]
     assert hist[-1].value == final["train.dilation"]  # float64 kept exactly
     assert json.loads((run_dir / "mlflow_run.json").read_text())["run_id"] == run.info.run_id
+    arts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    figs = {a.path for a in client.list_artifacts(run.info.run_id, "figures")}
+    assert "config.yaml" in arts and figs and all(f.endswith(".png") for f in figs)
 
 
 @pytest.mark.slow
@@ -141,11 +163,11 @@ def test_cli_log_options_and_resume_continues_the_mlflow_run(tmp_path, monkeypat
     assert not (run_dir / "mlflow.db").exists()  # MLFLOW_TRACKING_URI wins
     client, runs = _mlflow_history(uri)
     assert len(runs) == 1  # the resumed session continued the same MLflow run
-    hist = client.get_metric_history(runs[0].info.run_id, "test_acc")
+    hist = client.get_metric_history(runs[0].info.run_id, "test/accuracy")
     assert sorted(m.step for m in hist) == [1, 2]
     assert runs[0].info.status == "FINISHED"
     tb = _tb_scalars(run_dir / "tensorboard")
-    assert sorted({s for s, _ in tb["test_acc"]}) == [1, 2]
+    assert sorted({s for s, _ in tb["test/accuracy"]}) == [1, 2]
 
     bad = runner.invoke(app, [*args, "--overwrite", "--log", "wandb"])
     assert bad.exit_code == 2 and "unknown logger" in bad.output
@@ -176,9 +198,10 @@ def test_sweep_log_options(tmp_path, monkeypatch, mlflow_uri):
     run_dirs = sorted((store / "runs").iterdir())
     assert len(run_dirs) == 2
     for rd in run_dirs:
-        assert sorted({s for s, _ in _tb_scalars(rd / "tensorboard")["test_acc"]}) == [1, 2]
+        assert sorted({s for s, _ in _tb_scalars(rd / "tensorboard")["test/accuracy"]}) == [1, 2]
     client, runs = _mlflow_history(mlflow_uri, "logsweep")
     assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
     assert {r.data.params["seed"] for r in runs} == {"0", "1"}
+    assert len({r.info.run_name for r in runs}) == 2  # unique names
     bad = CliRunner().invoke(app, ["sweep", str(tmp_path / "spec.yaml"), "--store", str(store), "--log", "nope"])
     assert bad.exit_code == 2 and "unknown logger" in bad.output

@@ -122,4 +122,4 @@ def test_callback_without_trainer_casts_inputs_to_the_model_dtype():
     cb = NeuralCollapseCallback((x, noisy, clean))
     ref = cb.measure(Tiny())
     out = cb.measure(Tiny().to(torch.bfloat16))  # float32 data into a bf16 model: no dtype clash
-    assert out["nc/nc1"] == pytest.approx(ref["nc/nc1"], rel=BF16_RTOL)
+    assert out["train/nc1"] == pytest.approx(ref["train/nc1"], rel=BF16_RTOL)

@@ -22,7 +22,7 @@ def register(app: typer.Typer) -> None:
         no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar (nor plain progress lines when not on a terminal)."),
         max_epochs: Optional[int] = typer.Option(None, "--max-epochs", help="Stop after this epoch (resumable) [default: the config's epochs]."),
         threads: Optional[int] = typer.Option(None, "--threads", help="Torch threads for this run (same as --set threads=N; part of the run's identity) [default: the config's threads, 1]."),
-        log: list[str] = typer.Option([], "--log", help="Also log every record to tensorboard (RUN_DIR/tensorboard) or mlflow (MLFLOW_TRACKING_URI, else RUN_DIR/mlflow.db); repeatable. metrics.jsonl (jsonl) is always written."),
+        log: list[str] = typer.Option([], "--log", help="Also log every record to tensorboard (RUN_DIR/tensorboard) or mlflow (MLFLOW_TRACKING_URI, else ./mlflow.db, one store for the runs of this directory); repeatable. metrics.jsonl (jsonl) is always written."),
     ) -> None:
         """Train one model under label noise; writes config, env, metrics.jsonl and checkpoints.
 

@@ -11,9 +11,13 @@ At the end of each chosen training epoch the callback runs :func:`nclab.collect`
 the LightningModule: forward hooks on the input of the final ``nn.Linear`` (the
 penultimate features) and the logits, two streamed passes over ``data`` (the second
 one is what memorization, dilation and NC4's nearest-class-centre mismatch need), then
-``pl_module.log_dict`` of every scalar metric under ``prefix`` (``nc/nc1``,
-``nc/memorization``, ``nc/dilation``, ...) — so the Trainer's loggers (CSV,
-TensorBoard, MLflow, W&B, ...) receive them, and they can be monitored by callbacks.
+``pl_module.log_dict`` of every scalar metric under ``prefix`` (``train/nc1``,
+``train/memorization``, ``train/dilation``, ... — the names nclab's own TensorBoard and
+MLflow loggers use, :func:`nclab.integrations.loggers.tracking_key`; pass
+``prefix="val/"`` for validation data) — so the Trainer's loggers (CSV, TensorBoard,
+MLflow, W&B, ...) receive them, and they can be monitored by callbacks. Constants of
+the data (``num_classes``, ``feature_dim``, ``n_samples``) go once to the loggers'
+hyperparameters instead.
 
 Conventions:
 
@@ -49,7 +53,7 @@ except ImportError:  # the older standalone package
     except ImportError as exc:
         raise ImportError("nclab.integrations.lightning needs Lightning: pip install 'nclab[lightning]'") from exc
 
-from nclab.integrations.loggers import scalar_metrics
+from nclab.integrations.loggers import CONSTANT_KEYS, scalar_metrics
 
 __all__ = ["NeuralCollapseCallback"]
 
@@ -66,14 +70,15 @@ class NeuralCollapseCallback(Callback):
     epochs : iterable of int, optional
         Exactly these (1-based) epochs instead of ``every_n_epochs``.
     prefix : str
-        Prepended to each metric key in the logs (default ``"nc/"``).
+        Prepended to each metric key in the logs (default ``"train/"``: ``data`` is
+        usually the training set, whose noisy labels memorization needs).
     **collect_kwargs
         Passed to :func:`nclab.collect` (``clean_labels``, ``layer``, ``num_classes``,
         ``convention``, ``batch_size``, ``input_key``/``label_key``, ...).
     """
 
     def __init__(self, data: Any, *, every_n_epochs: int = 1, epochs: Iterable[int] | None = None,
-                 prefix: str = "nc/", **collect_kwargs: Any) -> None:
+                 prefix: str = "train/", **collect_kwargs: Any) -> None:
         if every_n_epochs < 1:
             raise ValueError(f"every_n_epochs must be >= 1; got {every_n_epochs}")
         self.data = data
@@ -85,6 +90,7 @@ class NeuralCollapseCallback(Callback):
         self.collect_kwargs = collect_kwargs
         self.last_result = None
         self.last_epoch: int | None = None
+        self.constants: dict[str, float] = {}
 
     def _due(self, epoch: int) -> bool:
         if self.epochs is not None:
@@ -119,7 +125,9 @@ class NeuralCollapseCallback(Callback):
                 self.last_result = collect(pl_module, self.data, **self.collect_kwargs)
         finally:
             hook.remove()
-        return {self.prefix + k: v for k, v in scalar_metrics(self.last_result.values).items()}
+        values = scalar_metrics(self.last_result.values)
+        self.constants = {self.prefix + k: v for k, v in values.items() if k in CONSTANT_KEYS}
+        return {self.prefix + k: v for k, v in values.items() if k not in CONSTANT_KEYS}
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         epoch = trainer.current_epoch + 1
@@ -129,6 +137,9 @@ class NeuralCollapseCallback(Callback):
         if distributed and trainer.global_rank != 0:
             return
         metrics = self.measure(pl_module, trainer)
+        if self.last_epoch is None:  # the constants once, as hyperparameters
+            for lg in getattr(trainer, "loggers", None) or []:
+                lg.log_hyperparams(self.constants)
         self.last_epoch = epoch
         pl_module.log_dict(metrics, on_step=False, on_epoch=True, logger=True, prog_bar=False,
                            rank_zero_only=distributed)
