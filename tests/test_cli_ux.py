@@ -18,7 +18,9 @@ import yaml
 from typer.testing import CliRunner
 
 from nclab import __version__
-from nclab.cli import _register_all, app, cli_wording
+from nclab.cli import _register_all, app
+from nclab.cli._common import error_text
+from nclab.config import ConfigError, OptionError
 
 _register_all()
 runner = CliRunner()
@@ -141,11 +143,22 @@ def test_search_prints_trials_and_names_the_metric(tmp_path):
 
 
 def test_errors_name_flags(tmp_path):
-    assert cli_wording("r holds a run of this config; pass resume to continue it or overwrite") == \
-        "r holds a run of this config; pass --resume to continue it or --overwrite"
-    assert cli_wording("choose either resume or overwrite, not both") == "choose either --resume or --overwrite, not both"
-    assert cli_wording("nothing to resume in r; use overwrite") == "nothing to resume in r; use --overwrite"
-    assert cli_wording("max_epochs must be >= 1; got 0") == "--max-epochs must be >= 1; got 0"
+    # errors carry the options they are about; the CLI names them by their flags
+    exc = ConfigError("{run_dir} holds a run; pass {resume} to continue it or {overwrite}",
+                      options=("resume", "overwrite"), run_dir="r{resume}")
+    assert str(exc) == "r{resume} holds a run; pass resume to continue it or overwrite"
+    flags = {"resume": "--resume", "overwrite": "--overwrite"}
+    assert error_text(exc, flags) == "r{resume} holds a run; pass --resume to continue it or --overwrite"
+    assert error_text(ValueError("use overwrite"), flags) == "use overwrite"  # plain text is never rewritten
+    assert OptionError("{workers} must be >= 1", options=("workers",)).field == "workers"
+    d = tmp_path / "done"
+    assert runner.invoke(app, ["train", "digits-binary", "--set", "epochs=1", "--set", "dataset.per_class=10",
+                               "--run-dir", str(d), "--no-progress"]).exit_code == 0
+    res = runner.invoke(app, ["train", "digits-binary", "--set", "epochs=1", "--set", "dataset.per_class=10",
+                              "--run-dir", str(d), "--no-progress"])
+    assert res.exit_code == 2 and "pass --resume to continue it or --overwrite" in _flat(res.output)
+    res = runner.invoke(app, ["train", "digits-binary", "--max-epochs", "0", "--run-dir", str(tmp_path / "m")])
+    assert res.exit_code == 2 and "--max-epochs" in res.output and "Traceback" not in res.output
     res = runner.invoke(app, ["train", "digits-binary", "--resume", "--overwrite", "--run-dir", str(tmp_path)])
     assert res.exit_code == 2 and "--resume" in res.output and "--overwrite" in res.output
     res = runner.invoke(app, ["train", "no-such-config"])
@@ -246,4 +259,5 @@ def test_sweep_errors_name_flags(tmp_path):
     spec = Path(__file__).resolve().parents[1] / "src" / "nclab" / "configs" / "sweeps" / "digits-md.yaml"
     res = runner.invoke(app, ["sweep", str(spec), "--workers", "0", "--store", str(tmp_path / "st")])
     assert res.exit_code == 2 and "--workers must be >= 1" in res.output
-    assert cli_wording("dataset.per_class must be >= 1", {"per_class": "--per-class"}) == "dataset.per_class must be >= 1"
+    res = runner.invoke(app, ["sweep", str(spec), "--stack", "0", "--store", str(tmp_path / "st0"), "--no-progress"])
+    assert res.exit_code == 2 and "--stack must be >= 1; got 0" in res.output and "Traceback" not in res.output

@@ -214,3 +214,150 @@ def test_val_fraction_0999_is_a_config_error_not_divergence(tmp_path):
     res = runner.invoke(app, ["train", str(p), "--run-dir", str(tmp_path / "r"), "--no-progress"])
     flat = one_line_error(res, 2, "dataset.val_fraction", "none to train on")
     assert "diverged" not in flat and "lr" not in flat.replace("lower", "")
+
+
+# ---------------------------------------------------------------------------------- bounds
+
+@pytest.mark.parametrize("override, needle", [
+    ("threads=100000", "threads must lie in [1, 256]; got 100000"),
+    ("model.depth=100000", "model.depth must lie in [1, 128]; got 100000"),
+    ("model.width=10000000", "model.width must lie in [1, 16384]; got 10000000"),
+])
+def test_resource_bounds_are_stated(tmp_path, override, needle):
+    res = runner.invoke(app, ["train", "--set", override, "--run-dir", str(tmp_path / "r"), "--no-progress"])
+    one_line_error(res, 2, needle)
+
+
+def test_threads_flag_is_bounded(tmp_path):
+    res = runner.invoke(app, ["train", "--threads", "100000", "--run-dir", str(tmp_path / "r"), "--no-progress"])
+    one_line_error(res, 2, "threads must lie in [1, 256]")
+
+
+def _spec(tmp_path, body: dict) -> Path:
+    p = tmp_path / "spec.yaml"
+    p.write_text(json.dumps({"name": "s", "base": {"epochs": 1, "dataset": {"name": "digits"}}, **body}))
+    return p
+
+
+def test_random_trials_1e9_is_refused_even_with_dry_run(tmp_path):
+    p = _spec(tmp_path, {"random": {"trials": 1e9, "params": {"optim.lr": {"dist": "loguniform", "low": 0.01, "high": 0.1}}}})
+    t0 = time.perf_counter()
+    res = runner.invoke(app, ["sweep", str(p), "--dry-run"])
+    one_line_error(res, 2, "random.trials must lie in [1, 100000]; got 1000000000")
+    assert time.perf_counter() - t0 < 5
+
+
+def test_huge_grid_is_refused_with_its_size(tmp_path):
+    grid = {"seed": list(range(1000)), "optim.lr": [0.1 * (i + 1) for i in range(1000)], "epochs": list(range(1, 1001))}
+    t0 = time.perf_counter()
+    res = runner.invoke(app, ["sweep", str(_spec(tmp_path, {"grid": grid})), "--dry-run"])
+    one_line_error(res, 2, "expands to 1,000,000,000 runs (1000 x 1000 x 1000)", "at most 100,000")
+    assert time.perf_counter() - t0 < 5
+
+
+def test_sweep_spec_errors_are_one_line_without_pydantic_urls(tmp_path):
+    p = _spec(tmp_path, {"grid": {"optim.lr": [-1.0]}, "seeds": "x"})
+    res = runner.invoke(app, ["sweep", str(p), "--dry-run"])
+    out = one_line_error(res, 2, "invalid sweep spec", "seeds")
+    assert "errors.pydantic.dev" not in out and len(res.output.strip().splitlines()) == 1
+    p = _spec(tmp_path, {"grid": {"optim.lr": [-1.0, 0.1]}})
+    res = runner.invoke(app, ["sweep", str(p), "--dry-run"])
+    one_line_error(res, 2, "invalid run config (optim.lr=-1)", "optim.lr must be > 0.0; got -1.0")
+    assert "errors.pydantic.dev" not in res.output and len(res.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("stack", ["0", "-3"])
+def test_sweep_stack_below_one(tmp_path, stack):
+    p = _spec(tmp_path, {"seeds": [0]})
+    res = runner.invoke(app, ["sweep", str(p), "--stack", stack, "--store", str(tmp_path / "st"), "--no-progress",
+                              "--executor", "inline"])
+    one_line_error(res, 2, f"--stack must be >= 1; got {stack}")
+
+
+def test_search_unknown_sampler(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("epochs: 2\n")
+    res = runner.invoke(app, ["search", str(cfg), "--store", str(tmp_path / "st"), "--sampler", "bogus",
+                              "--executor", "inline"])
+    one_line_error(res, 2, "unknown --sampler 'bogus'; valid: random, tpe")
+    res = runner.invoke(app, ["search", str(cfg), "--store", str(tmp_path / "st"), "--trials", "1000000000",
+                              "--executor", "inline"])
+    one_line_error(res, 2, "--trials must lie in [1, 100000]")
+
+
+# ------------------------------------------------------------------- leftover tracebacks
+
+TINY_RUN = ["--set", "epochs=2", "--set", "dataset.name=synthetic", "--set", "dataset.options.train_per_class=10",
+            "--set", "dataset.options.test_per_class=5", "--set", "dataset.options.shape=[1,2,2]",
+            "--set", "model.width=8", "--set", "model.depth=1", "--set", "device=cpu", "--set", "save_features=false",
+            "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    """One epoch of a two-epoch run (resumable); tests copy it."""
+    d = tmp_path_factory.mktemp("tiny") / "run"
+    res = runner.invoke(app, ["train", *TINY_RUN, "--run-dir", str(d), "--max-epochs", "1"])
+    assert res.exit_code == 0, res.output
+    return d
+
+
+def _tiny_run(tmp_path, tiny_run) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(tiny_run, tmp_path / "run", ignore=shutil.ignore_patterns(".nclab.lock")))
+
+
+def test_metrics_line_that_is_not_an_object(tmp_path, tiny_run):
+    d = _tiny_run(tmp_path, tiny_run)
+    m = d / "metrics.jsonl"
+    m.write_text("[1, 2]\n" + m.read_text())
+    res = runner.invoke(app, ["train", *TINY_RUN, "--run-dir", str(d), "--resume"])
+    one_line_error(res, 2, "metrics.jsonl: line 1 is not a JSON object")
+    res = runner.invoke(app, ["plot", str(d)])
+    one_line_error(res, 2, "line 1 is not a JSON object")
+
+
+def test_plot_on_a_read_only_run_dir(tmp_path, monkeypatch, tiny_run):
+    import errno
+
+    d = _tiny_run(tmp_path, tiny_run)
+    real = Path.mkdir
+
+    def read_only(self, *a, **k):
+        if self.name == "figures":
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    res = runner.invoke(app, ["plot", str(d)])
+    one_line_error(res, 4, "cannot write the figures: read-only file system", "--out")
+
+
+def test_report_md_escapes_store_strings(tmp_path):
+    from nclab.report import build_report
+    from nclab.store.index import Owner, RunStore
+
+    st = RunStore(tmp_path / "s")
+    o = Owner()
+    evil = "<script>alert(1)</script>|x"
+    for loss in ("ce", "ls"):
+        h = f"h-{loss}"
+        cfg = {"seed": 0, "dataset": {"name": evil}, "loss": {"name": loss}, "noise": {"kind": "symmetric", "rate": 0.2}}
+        st.register([{"hash": h, "name": h, "config": cfg}], sweep="md-x")
+        st.claim(h, o)
+        st.complete(h, o, {"test_acc": 0.5, "train_acc_noisy": 1.0, "train.memorization_normalized": 1.0,
+                           "train.dilation_normalized": 0.5}, outcome="completed")
+    import nclab.report.study_report as sr
+
+    sr_model = sr._model_vs_runs
+    sr._model_vs_runs = lambda rows, out: (None, None)
+    try:
+        rep = build_report(tmp_path / "s")
+    finally:
+        sr._model_vs_runs = sr_model
+    md = Path(rep.markdown).read_text()
+    html_text = Path(rep.html).read_text()
+    assert "<script>" not in md and "&lt;script&gt;" in md
+    assert "<script>alert" not in html_text
+    assert all(p.parent == Path(rep.markdown).parent / "figures" for p in rep.figures)

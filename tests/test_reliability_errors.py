@@ -222,8 +222,9 @@ def test_npz_header_claiming_1e18_elements(tmp_path):
 
 
 def test_model_too_large_for_memory(cfg_file, tmp_path):
+    # a 2e6-wide layer (16 TB of weights) is refused by the stated width bound, before any allocation
     res = train_cli(cfg_file, tmp_path / "r", "--set", "model.depth=3", "--set", "model.width=2000000")
-    clear_error(res, 2, "too large for the memory")
+    clear_error(res, 2, "model.width must lie in [1, 16384]; got 2000000")
 
 
 def test_batch_size_1_with_batchnorm_fails_before_training(cfg_file, tmp_path):

@@ -198,7 +198,7 @@ def test_config_errors_are_clear(tmp_path):
         cfg("loss.alpha=1.0")
     with pytest.raises(ConfigError, match="unknown model 'resnet19'.*did you mean 'resnet18'"):
         cfg("model.name=resnet19")
-    with pytest.raises(ConfigError, match="unknown noise kind 'symetric'.*did you mean 'symmetric'"):
+    with pytest.raises(ConfigError, match="unknown noise.kind 'symetric'.*did you mean 'symmetric'"):
         cfg("noise.kind=symetric")
     with pytest.raises(ConfigError, match="noise.kind is 'none' but noise.rate is 0.2"):
         cfg("noise.kind=none")

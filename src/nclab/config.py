@@ -19,7 +19,32 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 
 class ConfigError(ValueError):
-    """A configuration that cannot be used, with a message a person can act on."""
+    """A configuration that cannot be used, with a message a person can act on.
+
+    ``field`` is the dotted key of the offending value (``"optim.lr"``) when one value is at
+    fault, else ``None``; front ends use it, not the message text, to point at the input.
+
+    A message about keyword options of a library call (``resume``, ``max_epochs``) names them
+    as ``{option}`` fields of the message, listed in ``options`` (``values`` fill any other
+    fields): ``str()`` reads with the keyword names, and a front end says them in its own words
+    with :meth:`render` (the CLI: ``--resume``), so no one rewrites message text."""
+
+    def __init__(self, message: str, *, field: str | None = None, options: tuple[str, ...] = (), **values: Any):
+        self.template, self.options, self.values = message, tuple(options), values
+        super().__init__(self.render())
+        self.field = field if field is not None else (self.options[0] if len(self.options) == 1 else None)
+
+    def render(self, names: dict[str, str] | None = None) -> str:
+        """The message, each option called ``names.get(option, option)``."""
+        if not self.options and not self.values:
+            return self.template
+        names = names or {}
+        return self.template.format(**self.values, **{o: names.get(o, o) for o in self.options})
+
+
+class OptionError(ConfigError):
+    """A bad keyword option of a library call (``workers``, ``stack``, ``max_epochs``...); see
+    :class:`ConfigError` for ``options`` and :meth:`~ConfigError.render`."""
 
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+=-]*$")
@@ -42,6 +67,8 @@ def safe_name(value: Any, *, what: str = "name") -> str:
 
 def _numeric_only(annotation: Any) -> bool:
     """Whether a field's type admits int or float but not bool."""
+    if typing.get_origin(annotation) is typing.Annotated:  # Annotated[int, Field(ge=1)]: the int
+        annotation = typing.get_args(annotation)[0]
     args = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else (annotation,)
     return bool is not annotation and bool not in args and any(a in (int, float) for a in args)
 
@@ -83,13 +110,77 @@ class StrictModel(BaseModel):
         return data
 
 
-def format_validation_error(err: ValidationError) -> str:
-    """One line per problem: ``dotted.path: message``."""
-    lines = []
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"])
-        lines.append(f"{loc}: {e['msg']}" if loc else e["msg"])
-    return "\n".join(lines)
+def _field_info(model: type[BaseModel] | None, loc: tuple) -> Any:
+    """The pydantic ``FieldInfo`` at ``loc`` inside ``model`` (nested models followed), or None."""
+    info = None
+    for part in loc:
+        if model is None:
+            return None
+        if isinstance(part, int):
+            continue  # a list index: the constraint is on the items (not followed)
+        info = model.model_fields.get(str(part))
+        if info is None:
+            return None
+        options = typing.get_args(info.annotation) or (info.annotation,)  # Model | None: the model
+        model = next((a for a in options if isinstance(a, type) and issubclass(a, BaseModel)), None)
+    return info
+
+
+def _bounds(info: Any) -> tuple[Any, bool, Any, bool]:
+    """``(low, low_open, high, high_open)`` of a field's numeric constraints (None: unbounded)."""
+    lo = hi = None
+    lo_open = hi_open = False
+    for m in getattr(info, "metadata", ()):
+        if getattr(m, "ge", None) is not None:
+            lo, lo_open = m.ge, False
+        if getattr(m, "gt", None) is not None:
+            lo, lo_open = m.gt, True
+        if getattr(m, "le", None) is not None:
+            hi, hi_open = m.le, False
+        if getattr(m, "lt", None) is not None:
+            hi, hi_open = m.lt, True
+    return lo, lo_open, hi, hi_open
+
+
+_BOUND_ERRORS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
+
+
+def _problem(e: dict, model: type[BaseModel] | None) -> tuple[str, str]:
+    """``(dotted key, message)`` of one pydantic error, in nclab's words: bounds as an interval
+    with the value given, choices with the valid names and the closest one."""
+    loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and ("[" in p or p in ("int", "float", "str", "list"))))
+    key = ".".join(str(p) for p in loc)
+    kind, value = e["type"], e.get("input")
+    if kind in _BOUND_ERRORS:
+        lo, lo_open, hi, hi_open = _bounds(_field_info(model, loc))
+        if lo is not None and hi is not None:
+            interval = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+            return key, f"{key} must lie in {interval}; got {value}"
+        op = _BOUND_ERRORS[kind]
+        return key, f"{key} must be {op} {next(iter(e['ctx'].values()))}; got {value}"
+    if kind == "literal_error":
+        valid = re.findall(r"'([^']*)'", e["ctx"]["expected"])
+        hint = difflib.get_close_matches(str(value), valid, n=1, cutoff=0.4)
+        msg = f"unknown {key} {value!r}; valid: {', '.join(valid)}"
+        return key, msg + (f" (did you mean {hint[0]!r}?)" if hint else "")
+    msg = e["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    if kind == "value_error" or not key or msg.startswith(key):
+        return key, msg
+    return key, f"{key}: {msg}"
+
+
+def format_validation_error(err: ValidationError, model: type[BaseModel] | None = None) -> str:
+    """One line per problem, naming the dotted key (see :func:`config_error`)."""
+    return "\n".join(_problem(e, model)[1] for e in err.errors())
+
+
+def config_error(err: ValidationError, model: type[BaseModel] | None = None, *, prefix: str = "") -> ConfigError:
+    """A pydantic ``ValidationError`` as a :class:`ConfigError` with one line per problem (no
+    pydantic URLs) and ``field`` set to the dotted key of the first problem."""
+    problems = [_problem(e, model) for e in err.errors()]
+    text = "; ".join(m for _, m in problems) if len(problems) <= 3 else \
+        "; ".join(m for _, m in problems[:3]) + f"; and {len(problems) - 3} more problems"
+    return ConfigError(prefix + text, field=problems[0][0] if problems else None)
 
 
 # Bounds of every YAML document nclab reads (configs, sweep specs, --set values). Aliases are

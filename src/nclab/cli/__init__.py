@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import re
 from typing import Any
 
 import typer
@@ -99,19 +98,3 @@ def _register_all() -> None:
 def main() -> None:
     _register_all()
     app(prog_name="nclab")
-
-
-_FLAG_WORDS = re.compile(r"\b(pass|use|either|or) (resume|overwrite)\b")
-_KWARG_FLAGS = {"max_epochs": "--max-epochs"}
-
-
-def cli_wording(message: str, flags: dict[str, str] | None = None) -> str:
-    """A library error message in command-line terms: the options ``resume``/``overwrite``
-    and keyword arguments such as ``max_epochs`` become the flags ``--resume``/``--overwrite``/
-    ``--max-epochs`` ("pass resume to continue it or overwrite" -> "pass --resume ... or --overwrite").
-    ``flags`` adds a command's own keyword -> flag names (e.g. ``{"workers": "--workers"}``);
-    only whole words that are not part of a dotted config key are replaced."""
-    message = _FLAG_WORDS.sub(lambda m: f"{m[1]} --{m[2]}", message)
-    for kw, flag in {**_KWARG_FLAGS, **(flags or {})}.items():
-        message = re.sub(rf"(?<![\w.-]){re.escape(kw)}(?![\w.])", flag, message)
-    return message

@@ -50,6 +50,17 @@ def os_error_message(exc: BaseException) -> str:
     return f"{text}{where}"
 
 
+def error_text(exc: BaseException, flags: dict[str, str] | None = None) -> str:
+    """An error's message in command-line terms: a :class:`~nclab.config.ConfigError` names the
+    library options it is about by their flags (``flags``: keyword -> flag, e.g. ``{"resume":
+    "--resume"}``); any other error reads as it is."""
+    from nclab.config import ConfigError
+
+    if isinstance(exc, ConfigError):
+        return exc.render(flags)
+    return str(exc)
+
+
 def fail(message: str, code: int = 2) -> None:
     """Print a one-line error (no traceback) and exit."""
     err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)

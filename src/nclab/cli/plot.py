@@ -31,5 +31,9 @@ def register(app: typer.Typer) -> None:
             paths = plot_run(run_dirs[0], out_dir=out) if len(run_dirs) == 1 else plot_runs(run_dirs, out_dir=out)
         except (FileNotFoundError, ValueError) as exc:
             fail(str(exc))
+        except OSError as exc:  # a read-only or full disk where the figures go
+            from nclab.cli._common import EXIT_IO, os_error_message
+
+            fail(f"cannot write the figures: {os_error_message(exc)} (pass --out FOLDER elsewhere)", EXIT_IO)
         for p in paths:
             console.print(f"wrote {p}", highlight=False, soft_wrap=True)

@@ -91,13 +91,16 @@ def _fmt_seconds(s: float) -> str:
 
 
 _FLAGS = {"workers": "--workers", "num_cpus": "--num-cpus", "num_gpus": "--num-gpus", "ray_address": "--ray-address",
-          "retry_failed": "--retry-failed", "study_name": "--study-name"}
+          "retry_failed": "--retry-failed", "study_name": "--study-name", "stack": "--stack", "sampler": "--sampler",
+          "trials": "--trials"}
 
 
-def _fail(msg: str, code: int = 2) -> None:
-    from nclab.cli import cli_wording  # noqa: PLC0415  (library keyword names -> this command's flags)
+def _fail(msg: str | BaseException, code: int = 2) -> None:
+    """One line and exit ``code``; an error names the library options it is about by their flags."""
+    from nclab.cli._common import error_text  # noqa: PLC0415
 
-    typer.secho(f"error: {cli_wording(msg, _FLAGS)}", fg=typer.colors.RED, err=True)
+    text = error_text(msg, _FLAGS) if isinstance(msg, BaseException) else msg
+    typer.secho(f"error: {text}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
 
 
@@ -109,7 +112,7 @@ def _open_store(root: Path, **kw: Any) -> Any:
     try:
         return RunStore(root, **kw)
     except (FileNotFoundError, RuntimeError) as exc:  # StoreError carries its exit code (2 corrupt, 4 disk full)
-        _fail(str(exc), getattr(exc, "exit_code", 2))
+        _fail(exc, getattr(exc, "exit_code", 2))
     except OSError as exc:
         _fail(f"results store {root}: {os_error_message(exc)}", EXIT_IO)
 
@@ -187,7 +190,7 @@ def register(app: typer.Typer) -> None:
             runs = expand(spec, base=base, resolve=None if run_fn else "auto")
             fn = resolve_run_fn(run_fn)
         except (ConfigError, ValueError, ImportError, FileNotFoundError) as exc:
-            _fail(str(exc))
+            _fail(exc)
         if dry_run:
             for r in runs:
                 typer.echo(f"{r.hash}  {r.name}  " + " ".join(f"{k}={v}" for k, v in r.varied.items()))
@@ -198,11 +201,11 @@ def register(app: typer.Typer) -> None:
             try:
                 fn = _with_loggers(fn, log, run_fn=run_fn, store_root=Path(store.root), experiment=spec.name)
             except ValueError as exc:
-                _fail(str(exc))
+                _fail(exc)
         try:
             ex = make_executor(executor, workers=workers, ray_address=ray_address, num_cpus=num_cpus, num_gpus=num_gpus)
         except (RuntimeError, ValueError) as exc:
-            _fail(str(exc))
+            _fail(exc)
         prog = SweepProgress(title=spec.name, enabled=not no_progress)
         import sqlite3  # noqa: PLC0415
 
@@ -213,7 +216,9 @@ def register(app: typer.Typer) -> None:
                 summary = run_sweep(store, runs, run_fn=fn, executor=ex, sweep=spec.name, retry_failed=retry_failed,
                                     on_event=prog, stack=stack)
         except StoreError as exc:  # corrupt store (2), disk full or read-only (4)
-            _fail(str(exc), exc.exit_code)
+            _fail(exc, exc.exit_code)
+        except ConfigError as exc:  # a bad option (--stack 0)
+            _fail(exc)
         except (OSError, sqlite3.OperationalError) as exc:  # disk full, read-only store
             _io_fail(exc, f"sweep {spec.name} (store {store.root})")
         _print_summary(summary, store)
@@ -238,7 +243,7 @@ def register(app: typer.Typer) -> None:
             else:
                 _fail(f"--out must end in .csv or .parquet; got {out.name}")
         except (RuntimeError, ValueError) as exc:  # StoreError carries its exit code
-            _fail(str(exc), getattr(exc, "exit_code", 2))
+            _fail(exc, getattr(exc, "exit_code", 2))
         except OSError as exc:
             _io_fail(exc, f"cannot write {out}")
         typer.echo(f"wrote {n} runs to {out}")
@@ -278,12 +283,12 @@ def _register_search(app: typer.Typer) -> None:
             pre = get_preset(preset)
             fn = resolve_run_fn(run_fn)
         except (ConfigError, ValueError, ImportError, FileNotFoundError) as exc:
-            _fail(str(exc))
+            _fail(exc)
         store = _open_store(store_dir)
         try:
             ex = make_executor(executor, workers=workers, ray_address=ray_address)
         except (RuntimeError, ValueError) as exc:  # bad --workers, Ray missing
-            _fail(str(exc))
+            _fail(exc)
 
         def trial_line(t: dict) -> None:
             # one plain line per finished trial: progress that also reads well in a log file
@@ -304,7 +309,9 @@ def _register_search(app: typer.Typer) -> None:
                     resolve=None if run_fn else "auto", on_trial=trial_line,
                 )
         except StoreError as exc:  # corrupt store (2), disk full or read-only (4)
-            _fail(str(exc), exc.exit_code)
+            _fail(exc, exc.exit_code)
+        except ConfigError as exc:  # a bad option (--sampler bogus) or base config
+            _fail(exc)
         typer.echo(res.describe())
 
 
@@ -342,7 +349,7 @@ def _register_study(app: typer.Typer) -> None:
             plan = plan_study(scale=scale, datasets=datasets, data_dir=data_dir, seeds=seeds, device=device, tiny=tiny,
                               check_data=not dry_run, search=search)
         except (ValueError, FileNotFoundError) as exc:
-            _fail(str(exc))
+            _fail(exc)
         if dry_run and as_json:
             import json  # noqa: PLC0415
 
@@ -360,7 +367,7 @@ def _register_study(app: typer.Typer) -> None:
         try:
             ex = make_executor(executor, workers=workers, ray_address=ray_address, num_gpus=num_gpus)
         except (RuntimeError, ValueError) as exc:  # bad --workers, Ray missing
-            _fail(str(exc))
+            _fail(exc)
         prog = SweepProgress(title=f"{study} ({scale})", enabled=not no_progress)
         from nclab.store.index import StoreError  # noqa: PLC0415
 
@@ -369,7 +376,7 @@ def _register_study(app: typer.Typer) -> None:
                 summary = run_study(plan, store=store, executor=ex, on_event=prog, retry_failed=retry_failed,
                                     stack=stack)
         except StoreError as exc:  # corrupt store (2), disk full or read-only (4)
-            _fail(str(exc), exc.exit_code)
+            _fail(exc, exc.exit_code)
         _print_summary(summary, store)
         if not no_report:
             from nclab.report import build_report  # noqa: PLC0415
@@ -389,7 +396,7 @@ def _register_study(app: typer.Typer) -> None:
         try:
             rep = build_report(store_dir, out_dir=out)
         except (FileNotFoundError, ValueError, RuntimeError) as exc:  # RuntimeError: StoreError (corrupt store)
-            _fail(str(exc), getattr(exc, "exit_code", 2))
+            _fail(exc, getattr(exc, "exit_code", 2))
         except OSError as exc:
             _io_fail(exc, "cannot write the report (a read-only store needs --out elsewhere)")
         if as_json:

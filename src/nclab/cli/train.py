@@ -8,6 +8,10 @@ from typing import Optional
 import typer
 
 
+# library keyword options -> this command's flags (errors name the options they are about)
+_FLAGS = {"resume": "--resume", "overwrite": "--overwrite", "max_epochs": "--max-epochs"}
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``train`` command to ``app``."""
 
@@ -20,7 +24,7 @@ def register(app: typer.Typer) -> None:
         resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in the run directory."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Delete the run directory's nclab files first."),
         no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar (nor plain progress lines when not on a terminal)."),
-        max_epochs: Optional[int] = typer.Option(None, "--max-epochs", help="Stop after this epoch (resumable) [default: the config's epochs]."),
+        max_epochs: Optional[int] = typer.Option(None, "--max-epochs", min=1, help="Stop after this epoch (resumable) [default: the config's epochs]."),
         threads: Optional[int] = typer.Option(None, "--threads", help="Torch threads for this run (same as --set threads=N; part of the run's identity) [default: the config's threads, 1]."),
         log: list[str] = typer.Option([], "--log", help="Also log every record to tensorboard (RUN_DIR/tensorboard) or mlflow (MLFLOW_TRACKING_URI, else ./mlflow.db, one store for the runs of this directory); repeatable. metrics.jsonl (jsonl) is always written."),
     ) -> None:
@@ -43,7 +47,7 @@ def register(app: typer.Typer) -> None:
 
         from rich.markup import escape
 
-        from nclab.cli import cli_wording
+        from nclab.cli._common import error_text
         from nclab.configs import resolve_config
 
         err = Console(stderr=True)
@@ -64,7 +68,7 @@ def register(app: typer.Typer) -> None:
             err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
             raise typer.Exit(EXIT_LOCKED) from None
         except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as exc:  # user-fixable input
-            err.print(f"[bold red]error:[/] {escape(cli_wording(str(exc)))}", highlight=False)
+            err.print(f"[bold red]error:[/] {escape(error_text(exc, _FLAGS))}", highlight=False)
             raise typer.Exit(2) from None
         except (OSError, MemoryError, torch.OutOfMemoryError) as exc:  # disk full, read-only, no memory
             err.print(f"[bold red]error:[/] {escape(os_error_message(exc))}", highlight=False)

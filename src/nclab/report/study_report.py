@@ -18,6 +18,7 @@ import base64
 import html
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -131,9 +132,25 @@ def _table(records, ds, variant, metrics) -> tuple[list[str], list[list[str]]]:
     return head, rows
 
 
+_MD_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", "|": "\\|", "`": "\\`", "\\": "\\\\",
+                             "\n": " ", "\r": " "})
+
+
+def _md_text(value) -> str:
+    """A store string as inert Markdown text: no raw HTML (``<script>``), code spans or table
+    breaks; Markdown renderers show it as written, as the HTML report does."""
+    return str(value).translate(_MD_ESCAPES)
+
+
+def _file_stem(value) -> str:
+    """A store string as a file-name stem inside the figures folder (never a path)."""
+    stem = re.sub(r"[^A-Za-z0-9._+-]", "_", str(value)).lstrip(".")
+    return stem or "_"
+
+
 def _md_table(head, rows) -> str:
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    out += ["| " + " | ".join(r) + " |" for r in rows]
+    out += ["| " + " | ".join(_md_text(c) for c in r) + " |" for r in rows]
     return "\n".join(out)
 
 
@@ -160,7 +177,7 @@ def _feature_panels(store: RunStore, records, ds: str, figdir: Path, *, prefer_r
         rd = RunDir(store.run_dir(r["hash"]))
         f = rd.features()
         names = rd.class_names()  # when the run recorded them
-        path = figdir / f"{ds}_features_{r['loss']}.png"
+        path = figdir / f"{_file_stem(ds)}_features_{_file_stem(r['loss'])}.png"
         feature_scatter(path, f["features"], f["labels"], f["clean_labels"], weight=f.get("W"), bias=f.get("b"),
                         class_names=names,
                         title=f"{ds}, {r['loss']}, noise {rate:g}: test acc {r.get('test_acc') or float('nan'):.3f}")
@@ -231,14 +248,14 @@ def build_report(store_dir: str | Path, *, out_dir: str | Path | None = None, sw
     hb: list[str] = ["<h1>Memorization-dilation study report</h1>"]
     n_div = sum(r["status"] == "diverged" for r in records)
     n_nt = sum(r["status"] == "not terminal" for r in records)
-    intro = (f"Built from the results store `{Path(store_dir)}`: {len(records)} completed runs "
+    intro = (f"Built from the results store {_md_text(Path(store_dir))}: {len(records)} completed runs "
              f"({counts['failed']} failed, {counts['pending'] + counts['running']} not finished; neither is included). "
              f"{len(good)} runs reached the terminal phase and enter the verdicts; {n_nt} did not reach it and "
              f"{n_div} diverged (listed below, not used). "
              f"Memorization and dilation are `{keys.get('memorization')}` and `{keys.get('dilation')}` "
              "(final training features, clean centroids); test dilation is divided by the training clean-centroid "
              "distance of the same run. Noise kinds: "
-             + ", ".join(sorted({str(r['noise_kind']) for r in records})) + ". How verdicts are decided: docs/method.md.")
+             + ", ".join(sorted({_md_text(r['noise_kind']) for r in records})) + ". How verdicts are decided: docs/method.md.")
     md += [intro, ""]
     hb += [f"<p>{html.escape(intro)}</p>"]
     if not study:
@@ -301,14 +318,14 @@ def build_report(store_dir: str | Path, *, out_dir: str | Path | None = None, sw
     tab_metrics = ["test_acc", "memorization", "dilation", "test_dilation", "test_dilation_raw", "dilation_official",
                    "nc1", "orth_error", "etf_error", "realized_rate", "train_acc_noisy"]
     for ds in datasets:
-        md += [f"## {ds}", ""]
+        md += [f"## {_md_text(ds)}", ""]
         hb.append(f"<h2>{html.escape(ds)}</h2>")
         figs = [
-            (f"{ds}_md_scatter.png", "Memorization vs dilation, CE vs LS, least-squares lines (eligible runs)",
+            (f"{_file_stem(ds)}_md_scatter.png", "Memorization vs dilation, CE vs LS, least-squares lines (eligible runs)",
              lambda p: _md_scatter(plotted, ds, p)),
-            (f"{ds}_vs_noise.png", "Test accuracy, memorization and dilation against noise rate (eligible runs)",
+            (f"{_file_stem(ds)}_vs_noise.png", "Test accuracy, memorization and dilation against noise rate (eligible runs)",
              lambda p: _vs_noise(plotted, ds, ["test_acc", "memorization", "dilation"], p)),
-            (f"{ds}_nc_vs_noise.png", "NC1 and orthogonal-frame error against noise rate (eligible runs)",
+            (f"{_file_stem(ds)}_nc_vs_noise.png", "NC1 and orthogonal-frame error against noise rate (eligible runs)",
              lambda p: _vs_noise(plotted, ds, ["nc1", "orth_error"], p, logy=("nc1",))),
         ]
         for fname, caption, make in figs:

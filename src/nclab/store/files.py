@@ -143,12 +143,16 @@ def read_jsonl(path: str | Path) -> list[dict]:
         if not line.strip():
             continue
         try:
-            out.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
             if i >= len(lines) - 2:
                 warnings.warn(f"{path}: skipped a torn last line (interrupted write)", stacklevel=2)
             else:
                 raise ValueError(f"{path}: line {i + 1} is not valid JSON (corrupt file)") from None
+            continue
+        if not isinstance(record, dict):  # valid JSON but not a record: a corrupt or foreign file
+            raise ValueError(f"{path}: line {i + 1} is not a JSON object but {type(record).__name__} (corrupt file)")
+        out.append(record)
     return out
 
 

@@ -43,9 +43,8 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
-from nclab.config import ConfigError
+from nclab.config import ConfigError, read_yaml_file
 from nclab.store.files import atomic_write_bytes, atomic_write_json, atomic_write_text, check_npz, to_json, write_all
 
 CONFIG = "config.yaml"
@@ -317,7 +316,7 @@ def prepare_run_dir(run_dir: Path, config: Any, *, resume: bool, overwrite: bool
     Call it while holding :class:`RunLock` on ``run_dir``.
     """
     if resume and overwrite:
-        raise RunDirError("choose either resume or overwrite, not both")
+        raise RunDirError("choose either {resume} or {overwrite}, not both", options=("resume", "overwrite"))
     ensure_run_dir(run_dir)
     if not os.access(run_dir, os.W_OK | os.X_OK):
         raise RunDirError(f"run directory {run_dir} is not writable")
@@ -330,21 +329,23 @@ def prepare_run_dir(run_dir: Path, config: Any, *, resume: bool, overwrite: bool
         if resume:
             raise RunDirError(f"nothing to resume in {run_dir}: no {CONFIG} there")
         if (run_dir / METRICS).exists() or (run_dir / CHECKPOINT).exists():
-            raise RunDirError(f"{run_dir} holds run files but no {CONFIG}; use overwrite to start over")
+            raise RunDirError("{run_dir} holds run files but no {config}; use {overwrite} to start over",
+                          options=("overwrite",), run_dir=run_dir, config=CONFIG)
         return False
     try:
-        old = yaml.safe_load(cfg_path.read_text())
-    except yaml.YAMLError as exc:
-        raise RunDirError(f"{cfg_path} is not valid YAML ({exc}); use overwrite to start over") from None
+        old = read_yaml_file(cfg_path)  # bounded: a crafted run dir cannot hold an alias bomb
+    except ConfigError as exc:
+        raise RunDirError("{problem}; use {overwrite} to start over", options=("overwrite",), problem=exc) from None
     new = config.to_dict()
     if old != new:
         diff = _dict_diff(old if isinstance(old, dict) else {}, new)
         raise RunDirError(
-            f"{run_dir} already holds a run with a different config ({'; '.join(diff[:5])}); "
-            "choose another run directory or pass overwrite"
-        )
+            "{run_dir} already holds a run with a different config ({diff}); "
+            "choose another run directory or pass {overwrite}", options=("overwrite",), run_dir=run_dir,
+            diff="; ".join(diff[:5]))
     if not resume:
-        raise RunDirError(f"{run_dir} already holds a run of this config; pass resume to continue it or overwrite")
+        raise RunDirError("{run_dir} already holds a run of this config; pass {resume} to continue it or {overwrite}",
+                          options=("resume", "overwrite"), run_dir=run_dir)
     return True
 
 

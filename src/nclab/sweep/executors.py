@@ -33,6 +33,7 @@ import time
 import traceback
 from typing import Any, Callable
 
+from nclab.config import OptionError
 from nclab.store.index import pid_alive, pid_start_time
 
 __all__ = ["Executor", "LocalExecutor", "InlineExecutor", "RayExecutor", "make_executor", "call_run", "call_stack",
@@ -158,7 +159,7 @@ class LocalExecutor(Executor):
         ncpu = os.cpu_count() or 1
         workers = ncpu if workers is None else int(workers)
         if workers < 1:
-            raise ValueError(f"workers must be >= 1; got {workers}")
+            raise OptionError("{workers} must be >= 1; got {got}", options=("workers",), got=workers)
         if context not in ("spawn", "forkserver"):
             raise ValueError(f"context must be 'spawn' or 'forkserver' (fork is unsafe with torch threads); got {context!r}")
         self.capacity = workers

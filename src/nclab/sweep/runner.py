@@ -20,6 +20,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
+from nclab.config import OptionError
 from nclab.store.index import Owner, RunStore
 from nclab.sweep.executors import Executor, RunFn
 
@@ -101,7 +102,7 @@ def run_sweep(
     KeyboardInterrupt the claimed runs are released and workers stopped.
     """
     if stack is not None and stack < 1:
-        raise ValueError(f"stack must be >= 1; got {stack}")
+        raise OptionError("{stack} must be >= 1; got {got}", options=("stack",), got=stack)
     stacking = stack is not None and stack > 1
     stack_key_fn = None if stack_fn is None else (lambda c: "")  # a caller's stack_fn groups as it likes
     if stacking and stack_fn is None:
@@ -114,7 +115,8 @@ def run_sweep(
         elif isinstance(run_fn, functools.partial) and run_fn.func is train_run and not run_fn.args:
             stack_fn = functools.partial(train_stack_run, **run_fn.keywords)  # e.g. --log bound to the trainer
         else:
-            raise ValueError("stack=K needs the built-in trainer (or an explicit stack_fn); this sweep has a custom run function")
+            raise OptionError("{stack} > 1 needs the built-in trainer (or an explicit stack_fn); this sweep has a custom run function",
+                              options=("stack",))
     t_start = time.time()
     runs = list(runs)
     by_hash = {(_f(r, "hash")): r for r in runs}

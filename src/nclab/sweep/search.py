@@ -27,11 +27,11 @@ from typing import Any, Callable, Literal
 
 from pydantic import Field
 
-from nclab.config import StrictModel, set_dotted
+from nclab.config import OptionError, StrictModel, set_dotted
 from nclab.store.index import RunStore, pid_alive, pid_start_time
 from nclab.sweep.executors import Executor, RunFn
 from nclab.sweep.runner import SweepEvent, run_sweep
-from nclab.sweep.spec import RandomParam, RunSpec, config_hash, default_resolver, get_dotted
+from nclab.sweep.spec import MAX_RUNS, RandomParam, RunSpec, config_hash, default_resolver, get_dotted
 
 __all__ = ["SearchPreset", "SearchResult", "PRESETS", "get_preset", "trial_config", "run_search"]
 
@@ -40,7 +40,7 @@ class SearchPreset(StrictModel):
     """A search protocol: space, trial count, sampler, trial budget and score."""
 
     name: str
-    trials: int = Field(20, ge=1)
+    trials: int = Field(20, ge=1, le=MAX_RUNS)
     sampler: Literal["random", "tpe"] = "random"
     space: dict[str, RandomParam]
     #: params searched only when the config's ``loss.name`` is in the list
@@ -174,6 +174,10 @@ def run_search(
         resolve = default_resolver()
     n_target = preset.trials if trials is None else int(trials)
     kind = sampler or preset.sampler
+    if kind not in ("random", "tpe"):
+        raise OptionError("unknown {sampler} {kind!r}; valid: random, tpe", options=("sampler",), kind=kind)
+    if not 1 <= n_target <= MAX_RUNS:
+        raise OptionError("{trials} must lie in [1, {most}]; got {got}", options=("trials",), most=MAX_RUNS, got=n_target)
     space = active_space(preset, base)
     dists = {k: _distribution(p) for k, p in space.items()}
     storage = storage or f"sqlite:///{(Path(store.root) / 'optuna.sqlite').resolve()}"

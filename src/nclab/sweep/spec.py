@@ -38,7 +38,7 @@ from typing import Any, Callable, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from nclab.config import ConfigError, StrictModel, deep_merge, format_validation_error, load_yaml, set_dotted
+from nclab.config import ConfigError, StrictModel, config_error, deep_merge, load_yaml, set_dotted
 
 __all__ = [
     "RandomParam",
@@ -88,10 +88,15 @@ class RandomParam(StrictModel):
         return self
 
 
+#: The most runs one spec may expand to (grid points x trials x seeds): an expansion is held in
+#: memory and every run becomes a row of the store, so a typo (trials: 1e9) is refused up front.
+MAX_RUNS = 100_000
+
+
 class RandomSpec(StrictModel):
     """``trials`` random draws of ``params`` per grid point, from generator stream ``seed``."""
 
-    trials: int = Field(1, ge=1)
+    trials: int = Field(1, ge=1, le=MAX_RUNS)
     seed: int = 0
     params: dict[str, RandomParam] = Field(default_factory=dict)
 
@@ -135,6 +140,12 @@ class SweepSpec(StrictModel):
             raise ValueError("give seeds either in 'seeds' or in the grid, not both")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"duplicate seeds: {self.seeds}")
+        sizes = [len(v) for v in self.grid.values()]
+        sizes += [self.random.trials] if self.random is not None and self.random.params else []
+        sizes += [len(self.seeds)] if self.seeds else []
+        if math.prod(sizes) > MAX_RUNS:
+            raise ValueError(f"the sweep expands to {math.prod(sizes):,} runs ({' x '.join(map(str, sizes))}); "
+                             f"at most {MAX_RUNS:,} per spec: split it into several specs")
         return self
 
 
@@ -213,7 +224,10 @@ def default_resolver() -> Callable[[dict], dict] | None:
         return None
 
     def resolve(cfg: dict) -> dict:
-        return TrainConfig.model_validate(cfg).model_dump(mode="json")
+        try:
+            return TrainConfig.model_validate(cfg).model_dump(mode="json")
+        except ValidationError as exc:  # one line per problem, no pydantic URLs
+            raise config_error(exc, TrainConfig) from None
 
     return resolve
 
@@ -225,7 +239,7 @@ def load_spec(path: str | Path) -> tuple[SweepSpec, dict[str, Any]]:
     try:
         spec = SweepSpec.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"{path}: invalid sweep spec:\n{format_validation_error(exc)}") from exc
+        raise config_error(exc, SweepSpec, prefix=f"{path}: invalid sweep spec: ") from None
     return spec, spec_base(spec, relative_to=path.parent)
 
 
@@ -293,8 +307,9 @@ def expand(
                 if resolve is not None:
                     try:
                         cfg = resolve(cfg)
-                    except Exception as exc:  # pydantic ValidationError or ConfigError
-                        raise ConfigError(f"sweep {spec.name!r}: invalid run config ({label or 'base'}): {exc}") from exc
+                    except Exception as exc:  # ConfigError (the default resolver) or a caller's error
+                        raise ConfigError(f"sweep {spec.name!r}: invalid run config ({label or 'base'}): "
+                                          + " ".join(str(exc).split()), field=getattr(exc, "field", None)) from None
                 h = config_hash(cfg)
                 if h in seen:
                     continue

@@ -13,32 +13,41 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from nclab.config import ConfigError, StrictModel, deep_merge, format_validation_error, load_yaml, parse_overrides
+from nclab.config import ConfigError, StrictModel, config_error, deep_merge, load_yaml, parse_overrides
 from nclab.losses import LOSSES
-from nclab.models import MODELS
+from nclab.metrics.conventions import CONVENTIONS
+from nclab.models import ACTIVATIONS, MODELS
 from nclab.noise import NOISE_KINDS
 
 
-def _choice(value: str, valid: list[str] | tuple[str, ...], what: str) -> str:
-    if value not in valid:
-        hint = difflib.get_close_matches(str(value), list(valid), n=1, cutoff=0.4)
-        msg = f"unknown {what} {value!r}; valid: {', '.join(valid)}"
+def _model_name(value: str) -> str:
+    # models can be registered at run time (nclab.models.register_model): not a fixed Literal
+    if value not in MODELS:
+        hint = difflib.get_close_matches(str(value), list(MODELS), n=1, cutoff=0.4)
+        msg = f"unknown model {value!r}; valid: {', '.join(MODELS)}"
         raise ValueError(msg + (f" (did you mean {hint[0]!r}?)" if hint else ""))
     return value
 
 
-def _in_range(value: float, lo: float, hi: float, *, name: str, hi_open: bool = False, lo_open: bool = False) -> float:
-    ok_lo = value > lo if lo_open else value >= lo
-    ok_hi = value < hi if hi_open else value <= hi
-    if not (ok_lo and ok_hi):
-        interval = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
-        raise ValueError(f"{name} must lie in {interval}; got {value}")
-    return value
+# Choices and bounds are pydantic constraints (Literal, Field(ge=..., le=...)); the messages
+# ("noise.rate must lie in [0.0, 1.0]; got 1.5", "unknown loss.name ...") come from
+# nclab.config.format_validation_error. Upper bounds keep a typo from taking the machine:
+# torch segfaults with 10^5 threads, a 10^5-layer MLP takes minutes to build.
+MAX_THREADS = 256
+MAX_DEPTH = 128
+MAX_WIDTH = 16384  # an MLP layer of 16384 x 16384 float32 weights is 1 GiB
+MAX_CHANNELS = 4096
+MAX_WIDTH_MULTIPLIER = 64.0
+
+NoiseKind = Literal[NOISE_KINDS]  # type: ignore[valid-type]
+LossName = Literal[tuple(LOSSES)]  # type: ignore[valid-type]
+Activation = Literal[tuple(ACTIVATIONS)]  # type: ignore[valid-type]
+Convention = Literal[tuple(CONVENTIONS)]  # type: ignore[valid-type]
 
 
 class DatasetConfig(StrictModel):
@@ -50,49 +59,22 @@ class DatasetConfig(StrictModel):
     data_dir: str | None = None
     path: str | None = None  # the file of dataset npz (x, y[, x_test, y_test, clean_y]); passed to registered loaders
     classes: int | list[int] | None = None  # null = all classes (no silent subset)
-    per_class: int | None = None
+    per_class: int | None = Field(None, ge=1)  # null = all
     preprocess: Literal["native", "paper"] = "native"
-    val_fraction: float = 0.0  # held out from the NOISY training set (stream "split")
+    val_fraction: float = Field(0.0, ge=0.0, lt=1.0)  # held out from the NOISY training set (stream "split")
     download: bool = False
     options: dict[str, Any] = Field(default_factory=dict)  # loader options, e.g. synthetic's num_classes
-
-    @field_validator("val_fraction")
-    @classmethod
-    def _val(cls, v: float) -> float:
-        return _in_range(v, 0.0, 1.0, name="dataset.val_fraction", hi_open=True)
-
-    @field_validator("per_class")
-    @classmethod
-    def _per_class(cls, v: int | None) -> int | None:
-        if v is not None and v < 1:
-            raise ValueError(f"dataset.per_class must be >= 1 (or null for all); got {v}")
-        return v
 
 
 class NoiseConfig(StrictModel):
     """Label noise on the training set (see ``nclab.noise``); test labels stay clean."""
 
-    kind: str = "none"
-    rate: float = 0.0
+    kind: NoiseKind = "none"
+    rate: float = Field(0.0, ge=0.0, le=1.0)
     exact: bool = False
-    latent_fraction: float = 0.0  # > 0: the latent-class variant (labels l -> l + C)
+    latent_fraction: float = Field(0.0, ge=0.0, le=1.0)  # > 0: the latent-class variant (labels l -> l + C)
     pairs: dict[int, int] | None = None  # pairflip map; null = c -> c+1 mod C
     transition: list[list[float]] | None = None  # kind "matrix"
-
-    @field_validator("kind")
-    @classmethod
-    def _kind(cls, v: str) -> str:
-        return _choice(v, NOISE_KINDS, "noise kind")
-
-    @field_validator("rate")
-    @classmethod
-    def _rate(cls, v: float) -> float:
-        return _in_range(v, 0.0, 1.0, name="noise.rate")
-
-    @field_validator("latent_fraction")
-    @classmethod
-    def _latent(cls, v: float) -> float:
-        return _in_range(v, 0.0, 1.0, name="noise.latent_fraction")
 
     @model_validator(mode="after")
     def _consistent(self) -> "NoiseConfig":
@@ -110,26 +92,9 @@ class NoiseConfig(StrictModel):
 class LossConfig(StrictModel):
     """Training loss (``nclab.losses``); ``alpha`` is used by ls/lr, ``gamma`` by focal."""
 
-    name: str = "ce"
-    alpha: float = 0.1
-    gamma: float = 2.0
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        return _choice(v, list(LOSSES), "loss")
-
-    @field_validator("alpha")
-    @classmethod
-    def _alpha(cls, v: float) -> float:
-        return _in_range(v, 0.0, 1.0, name="loss.alpha", hi_open=True)
-
-    @field_validator("gamma")
-    @classmethod
-    def _gamma(cls, v: float) -> float:
-        if v < 0:
-            raise ValueError(f"loss.gamma must be >= 0; got {v}")
-        return v
+    name: LossName = "ce"
+    alpha: float = Field(0.1, ge=0.0, lt=1.0)
+    gamma: float = Field(2.0, ge=0.0)
 
     def params(self) -> dict[str, float]:
         """The parameters this loss takes (others are ignored, not passed)."""
@@ -142,40 +107,19 @@ class ModelConfig(StrictModel):
     width_multiplier)."""
 
     name: str = "mlp"
-    depth: int = 3
-    width: int = 256
-    feature_dim: int | None = None  # mlp: null = num_classes; cnn: null = 64
+    depth: int = Field(3, ge=1, le=MAX_DEPTH)
+    width: int = Field(256, ge=1, le=MAX_WIDTH)
+    feature_dim: int | None = Field(None, ge=1, le=MAX_WIDTH)  # mlp: null = num_classes; cnn: null = 64
     batch_norm: bool = True
-    activation: str = "relu"
-    channels: int = 32  # cnn: channels of the first stage (the second has 2x)
-    width_multiplier: float = 1.0
+    activation: Activation = "relu"
+    channels: int = Field(32, ge=1, le=MAX_CHANNELS)  # cnn: channels of the first stage (the second has 2x)
+    width_multiplier: float = Field(1.0, gt=0.0, le=MAX_WIDTH_MULTIPLIER)
     classifier_bias: bool = True  # false: logits W h without b (mlp, cnn, resnet18)
 
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        return _choice(v, list(MODELS), "model")
-
-    @field_validator("depth", "width", "channels")
-    @classmethod
-    def _pos(cls, v: int, info) -> int:
-        if v < 1:
-            raise ValueError(f"model.{info.field_name} must be >= 1; got {v}")
-        return v
-
-    @field_validator("width_multiplier")
-    @classmethod
-    def _wm(cls, v: float) -> float:
-        if v <= 0:
-            raise ValueError(f"model.width_multiplier must be > 0; got {v}")
-        return v
-
-    @field_validator("activation")
-    @classmethod
-    def _act(cls, v: str) -> str:
-        from nclab.models import ACTIVATIONS
-
-        return _choice(v, list(ACTIVATIONS), "activation")
+        return _model_name(v)
 
     def options(self) -> dict[str, Any]:
         """Keyword options for ``build_model`` for this architecture."""
@@ -197,30 +141,11 @@ class OptimConfig(StrictModel):
     """Optimizer: SGD (momentum, Nesterov) or Adam; weight decay is coupled (L2 in the gradient)."""
 
     name: Literal["sgd", "adam"] = "sgd"
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    lr: float = Field(0.1, gt=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    weight_decay: float = Field(5e-4, ge=0.0)
     nesterov: bool = False
     fused: bool = True  # PyTorch's fused kernel (CPU and CUDA): same update, fewer passes over memory
-
-    @field_validator("lr")
-    @classmethod
-    def _lr(cls, v: float) -> float:
-        if not v > 0:
-            raise ValueError(f"optim.lr must be > 0; got {v}")
-        return v
-
-    @field_validator("momentum")
-    @classmethod
-    def _mom(cls, v: float) -> float:
-        return _in_range(v, 0.0, 1.0, name="optim.momentum", hi_open=True)
-
-    @field_validator("weight_decay")
-    @classmethod
-    def _wd(cls, v: float) -> float:
-        if v < 0:
-            raise ValueError(f"optim.weight_decay must be >= 0; got {v}")
-        return v
 
     @model_validator(mode="after")
     def _nesterov(self) -> "OptimConfig":
@@ -233,35 +158,16 @@ class ScheduleConfig(StrictModel):
     """Learning-rate schedule, a pure function of the epoch (see ``nclab.train.schedule``)."""
 
     name: Literal["none", "step", "multistep", "cosine"] = "none"
-    step_size: int = 40
-    gamma: float = 0.1
-    milestones: list[int] = Field(default_factory=list)
-    min_lr: float = 0.0  # cosine floor
-
-    @field_validator("step_size")
-    @classmethod
-    def _step(cls, v: int) -> int:
-        if v < 1:
-            raise ValueError(f"schedule.step_size must be >= 1; got {v}")
-        return v
-
-    @field_validator("gamma")
-    @classmethod
-    def _gamma(cls, v: float) -> float:
-        return _in_range(v, 0.0, 1.0, name="schedule.gamma", lo_open=True)
+    step_size: int = Field(40, ge=1)
+    gamma: float = Field(0.1, gt=0.0, le=1.0)
+    milestones: list[Annotated[int, Field(ge=1)]] = Field(default_factory=list)
+    min_lr: float = Field(0.0, ge=0.0)  # cosine floor
 
     @field_validator("milestones")
     @classmethod
     def _milestones(cls, v: list[int]) -> list[int]:
-        if any(m < 1 for m in v) or any(b <= a for a, b in zip(v, v[1:])):
+        if any(b <= a for a, b in zip(v, v[1:])):
             raise ValueError(f"schedule.milestones must be strictly increasing positive epochs; got {v}")
-        return v
-
-    @field_validator("min_lr")
-    @classmethod
-    def _min_lr(cls, v: float) -> float:
-        if v < 0:
-            raise ValueError(f"schedule.min_lr must be >= 0; got {v}")
         return v
 
 
@@ -271,20 +177,8 @@ class StopConfig(StrictModel):
     stays the cap). ``stop: null`` (the default) or ``train_acc: null`` trains for exactly
     ``epochs``."""
 
-    train_acc: float | None = None
-    patience: int = 1
-
-    @field_validator("train_acc")
-    @classmethod
-    def _acc(cls, v: float | None) -> float | None:
-        return None if v is None else _in_range(v, 0.0, 1.0, name="stop.train_acc", lo_open=True)
-
-    @field_validator("patience")
-    @classmethod
-    def _patience(cls, v: int) -> int:
-        if v < 1:
-            raise ValueError(f"stop.patience must be >= 1; got {v}")
-        return v
+    train_acc: float | None = Field(None, gt=0.0, le=1.0)
+    patience: int = Field(1, ge=1)
 
 
 CONFIG_PATH_KEYS: tuple[str, ...] = ("dataset.path", "dataset.data_dir")
@@ -311,19 +205,20 @@ class TrainConfig(StrictModel):
     """One training run. ``TrainConfig.from_sources(yaml_path, overrides)`` builds it."""
 
     name: str = "run"
-    seed: int = 0
-    epochs: int = 20
-    batch_size: int = 64
-    eval_every: int = 1
+    seed: int = Field(0, ge=0)
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(64, ge=1)
+    eval_every: int = Field(1, ge=1)
     # full: every evaluation runs the metric suite on train and test features; light: losses and
     # accuracies only, the suite once at the end (final epoch or terminal stop) - with
     # record_dynamics this keeps per-epoch bookkeeping to one forward pass
     eval_mode: Literal["full", "light"] = "full"
-    eval_batch_size: int = 1024
-    checkpoint_every: int = 1
-    threads: int = 1  # torch intra-op threads on CPU; results depend on it, so it is part of the run's identity
+    eval_batch_size: int = Field(1024, ge=1)
+    checkpoint_every: int = Field(1, ge=1)
+    # torch intra-op threads on CPU; results depend on it, so it is part of the run's identity
+    threads: int = Field(1, ge=1, le=MAX_THREADS)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    convention: str = "zhu2021"
+    convention: Convention = "zhu2021"
     save_features: bool = True  # final train features/labels/classifier -> features.npz (nclab metrics reads it)
     record_dynamics: bool = False  # per-sample train logit margins every epoch -> dynamics/ (nclab detect)
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
@@ -336,27 +231,6 @@ class TrainConfig(StrictModel):
     # the terminal phase as an outcome, never a stop: noisy-label train accuracy measured every
     # epoch; the final record's terminal_epoch is the first epoch from which it stayed >= this
     terminal_acc: float | None = Field(default=None, gt=0.0, le=1.0)
-
-    @field_validator("epochs", "batch_size", "eval_every", "eval_batch_size", "checkpoint_every", "threads")
-    @classmethod
-    def _positive(cls, v: int, info) -> int:
-        if v < 1:
-            raise ValueError(f"{info.field_name} must be >= 1; got {v}")
-        return v
-
-    @field_validator("convention")
-    @classmethod
-    def _convention(cls, v: str) -> str:
-        from nclab.metrics.conventions import CONVENTIONS
-
-        return _choice(v, list(CONVENTIONS), "convention")
-
-    @field_validator("seed")
-    @classmethod
-    def _seed(cls, v: int) -> int:
-        if v < 0:
-            raise ValueError(f"seed must be >= 0; got {v}")
-        return v
 
     @field_validator("name")
     @classmethod
@@ -410,7 +284,7 @@ class TrainConfig(StrictModel):
         try:
             return cls.model_validate(data)
         except ValidationError as err:
-            raise ConfigError(format_validation_error(err).replace("Value error, ", "")) from None
+            raise config_error(err, cls) from None
 
     def to_dict(self) -> dict:
         """Plain JSON-able nested dict with every default written out."""
