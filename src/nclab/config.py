@@ -18,16 +18,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 
-class ConfigError(ValueError):
-    """A configuration that cannot be used, with a message a person can act on.
-
-    ``field`` is the dotted key of the offending value (``"optim.lr"``) when one value is at
-    fault, else ``None``; front ends use it, not the message text, to point at the input.
-
-    A message about keyword options of a library call (``resume``, ``max_epochs``) names them
-    as ``{option}`` fields of the message, listed in ``options`` (``values`` fill any other
-    fields): ``str()`` reads with the keyword names, and a front end says them in its own words
-    with :meth:`render` (the CLI: ``--resume``), so no one rewrites message text."""
+class TemplatedError(Exception):
+    """Base of errors whose message may name keyword options of a library call (``resume``,
+    ``max_epochs``): the message is a template whose ``{option}`` fields are listed in
+    ``options`` (``values`` fill any other fields). ``str()`` reads with the keyword names; a
+    front end says them in its own words with :meth:`render` (the CLI: ``--resume``), so no
+    one rewrites message text. ``field`` is the dotted key of the offending value
+    (``"optim.lr"``) when one value or option is at fault, else ``None``."""
 
     def __init__(self, message: str, *, field: str | None = None, options: tuple[str, ...] = (), **values: Any):
         self.template, self.options, self.values = message, tuple(options), values
@@ -40,6 +37,11 @@ class ConfigError(ValueError):
             return self.template
         names = names or {}
         return self.template.format(**self.values, **{o: names.get(o, o) for o in self.options})
+
+
+class ConfigError(TemplatedError, ValueError):
+    """A configuration that cannot be used, with a message a person can act on (``field``,
+    ``options`` and :meth:`render`: see :class:`TemplatedError`)."""
 
 
 class OptionError(ConfigError):

@@ -51,12 +51,12 @@ def os_error_message(exc: BaseException) -> str:
 
 
 def error_text(exc: BaseException, flags: dict[str, str] | None = None) -> str:
-    """An error's message in command-line terms: a :class:`~nclab.config.ConfigError` names the
+    """An error's message in command-line terms: a :class:`~nclab.config.TemplatedError` names the
     library options it is about by their flags (``flags``: keyword -> flag, e.g. ``{"resume":
     "--resume"}``); any other error reads as it is."""
-    from nclab.config import ConfigError
+    from nclab.config import TemplatedError
 
-    if isinstance(exc, ConfigError):
+    if isinstance(exc, TemplatedError):
         return exc.render(flags)
     return str(exc)
 

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from nclab.config import TemplatedError
 from nclab.store.files import atomic_write_bytes
 
 FORMAT_VERSION = 2
@@ -40,8 +41,9 @@ __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "checkpoint_
            "FORMAT_VERSION"]
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint that is missing, corrupt, or belongs to a different run."""
+class CheckpointError(TemplatedError, RuntimeError):
+    """A checkpoint that is missing, corrupt, or belongs to a different run (a message that
+    names an option, e.g. ``{overwrite}``, see :class:`~nclab.config.TemplatedError`)."""
 
 
 def sidecar_path(path: str | Path) -> Path:
@@ -141,9 +143,9 @@ def load_checkpoint(path: str | Path, *, config_hash: str | None = None) -> dict
     actual = hashlib.sha256(data).hexdigest()
     if actual != expected:
         raise CheckpointError(
-            f"checkpoint {path} is corrupt: sha256 {actual[:12]}... does not match {str(expected)[:12]}... "
-            "in its record; delete the run directory's checkpoints (or use --overwrite) to start over"
-        )
+            "checkpoint {path} is corrupt: sha256 {actual}... does not match {expected}... in its record; "
+            "delete the run directory's checkpoints (or use {overwrite}) to start over", options=("overwrite",),
+            path=path, actual=actual[:12], expected=str(expected)[:12])
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # any unpickling/zip failure means an unusable file

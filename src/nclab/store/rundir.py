@@ -410,10 +410,10 @@ def check_history(run_dir: Path, *, epoch: int, saved: str | None, eval_every: i
     if missing:
         shown = ", ".join(map(str, missing[:8])) + (" ..." if len(missing) > 8 else "")
         raise RunDirError(
-            f"{path} holds {len(need) - len(missing)} of the {len(need)} records up to the checkpoint "
-            f"(epoch {epoch}; missing epoch {shown}) and the checkpoint carries no copy of them; resuming would "
-            "lose them: restore the file, or start over with overwrite"
-        )
+            "{path} holds {have} of the {need} records up to the checkpoint (epoch {epoch}; missing epoch {shown}) "
+            "and the checkpoint carries no copy of them; resuming would lose them: restore the file, or start "
+            "over with {overwrite}", options=("overwrite",), path=path, have=len(need) - len(missing),
+            need=len(need), epoch=epoch, shown=shown)
 
 
 def _epoch(record: dict) -> int:

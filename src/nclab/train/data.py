@@ -148,6 +148,6 @@ def check_noise_file(path: Path, arrays: dict[str, np.ndarray]) -> None:
     for key in ("noisy", "clean", "train_idx", "val_idx"):
         if key not in old or not np.array_equal(old[key], arrays[key]):
             raise CheckpointError(
-                f"{path}: stored {key!r} differ from the labels this config generates now "
-                "(code or data changed since the run started); cannot resume bit-identically, use overwrite"
-            )
+                "{path}: stored {key!r} differ from the labels this config generates now "
+                "(code or data changed since the run started); cannot resume bit-identically, use {overwrite}",
+                options=("overwrite",), path=path, key=key)
