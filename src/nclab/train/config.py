@@ -36,7 +36,7 @@ def _model_name(value: str) -> str:
 
 # Choices and bounds are pydantic constraints (Literal, Field(ge=..., le=...)); the messages
 # ("noise.rate must lie in [0.0, 1.0]; got 1.5", "unknown loss.name ...") come from
-# nclab.config.format_validation_error. Upper bounds keep a typo from taking the machine:
+# nclab.config.config_error. Upper bounds keep a typo from taking the machine:
 # torch segfaults with 10^5 threads, a 10^5-layer MLP takes minutes to build.
 MAX_THREADS = 256
 MAX_DEPTH = 128
