@@ -146,7 +146,7 @@ def test_two_run_store_gives_no_held_or_not_held(tmp_path):
     assert res.exit_code == 0, res.output
     out = json.loads(res.output)
     assert out["claims"] and all(c["verdict"] in ("insufficient data", "inconclusive") for c in out["claims"])
-    # the same two runs outside a study: tabulated, no claim at all
+    # the same two runs outside a study: the sweep report (tests/test_sweep_report.py), no claim at all
     st2 = RunStore(tmp_path / "t")
     for loss in ("ce", "ls"):
         _put(st2, o, loss, {"seed": 0, "dataset": {"name": "digits"}, "loss": {"name": loss},
@@ -154,9 +154,9 @@ def test_two_run_store_gives_no_held_or_not_held(tmp_path):
              {"test_acc": 0.5, "train_acc_noisy": 1.0})
     res = _cli(["report", str(tmp_path / "t"), "--json"])
     out = json.loads(res.output)
-    assert out["study"] is False and out["claims"] == [] and out["runs"]["completed"] == 2
+    assert out["kind"] == "sweep" and "claims" not in out and out["counts"]["completed"] == 2
     md = (tmp_path / "t" / "report" / "report.md").read_text()
-    assert "not a study" in md and "## Claims" not in md
+    assert "## Claims" not in md and "## Final metrics per group" in md
 
 
 def test_fit_line_recovers_a_line():
