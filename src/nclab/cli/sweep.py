@@ -37,6 +37,8 @@ class SweepProgress:
         if ev.kind == "failed":
             last = (ev.error or "").strip().splitlines()[-1:] or ["?"]
             self.console.print(f"[red]failed[/red] {ev.name}: {last[0]}")
+        if ev.kind == "locked":
+            self.console.print(f"[yellow]skipped[/yellow] {ev.name}: {ev.error}", highlight=False)
         if not self.enabled:
             return
         if self._plain:
@@ -122,6 +124,22 @@ def _io_fail(exc: BaseException, what: str) -> None:
     from nclab.cli._common import EXIT_IO, os_error_message  # noqa: PLC0415
 
     _fail(f"{what}: {os_error_message(exc)}", EXIT_IO)
+
+
+def _exit_for_signal_or_lock(summary: Any, what: str) -> None:
+    """Report interrupted and locked runs; exit 130/143 when a signal stopped the sweep."""
+    locked = getattr(summary, "locked", 0)
+    if locked:
+        typer.echo(f"{locked} runs skipped: their run directories are locked by another live process "
+                   "(left pending; rerun when it has finished)", err=True)
+    signum = getattr(summary, "signum", None)
+    if signum:
+        import signal  # noqa: PLC0415
+
+        typer.echo(f"{what} interrupted by {signal.Signals(signum).name}: {summary.interrupted} runs stopped after "
+                   "their current epoch with a checkpoint and were released; rerun the same command to continue",
+                   err=True)
+        raise typer.Exit(128 + signum)
 
 
 def _print_summary(summary: Any, store: Any) -> None:
@@ -210,18 +228,25 @@ def register(app: typer.Typer) -> None:
         import sqlite3  # noqa: PLC0415
 
         from nclab.store.index import StoreError  # noqa: PLC0415
+        from nclab.train.signals import StopSignals  # noqa: PLC0415
 
         try:
-            with ex:
+            # SIGINT/SIGTERM: runs stop after their epoch with a checkpoint, rows are released, exit 130/143
+            with StopSignals(enabled=True) as sig, ex:
                 summary = run_sweep(store, runs, run_fn=fn, executor=ex, sweep=spec.name, retry_failed=retry_failed,
-                                    on_event=prog, stack=stack)
+                                    on_event=prog, stack=stack, signals=sig)
         except StoreError as exc:  # corrupt store (2), disk full or read-only (4)
             _fail(exc, exc.exit_code)
         except ConfigError as exc:  # a bad option (--stack 0)
             _fail(exc)
         except (OSError, sqlite3.OperationalError) as exc:  # disk full, read-only store
             _io_fail(exc, f"sweep {spec.name} (store {store.root})")
+        except KeyboardInterrupt:  # a second signal: workers stopped at once, the last checkpoints kept
+            typer.echo(f"sweep {spec.name} stopped at once; its runs were released: rerun the same command to "
+                       "continue from their last checkpoints", err=True)
+            raise typer.Exit(128 + (sig.signum or 2)) from None
         _print_summary(summary, store)
+        _exit_for_signal_or_lock(summary, f"sweep {spec.name}")
         if summary.failed or summary.skipped_failed:
             raise typer.Exit(1)
 

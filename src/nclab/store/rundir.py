@@ -141,9 +141,10 @@ class RunDirError(ConfigError):
 class RunLockError(RunDirError):
     """The run directory is locked by another live process (``pid`` names it, when known)."""
 
-    def __init__(self, message: str, *, pid: int | None = None):
+    def __init__(self, message: str, *, pid: int | None = None, run_dir: Path | None = None):
         super().__init__(message)
         self.pid = pid
+        self.run_dir = run_dir  # the locked directory (which member of a stack)
 
 
 def ensure_run_dir(run_dir: str | Path) -> Path:
@@ -212,7 +213,7 @@ class RunLock:
             raise RunLockError(
                 f"run directory {self.run_dir} is in use by {who}{' (' + extra + ')' if extra else ''}; "
                 "wait for it to finish or stop it, or choose another run directory",
-                pid=pid,
+                pid=pid, run_dir=self.run_dir,
             ) from None
         try:
             self.previous = _read_holder(fd) or None

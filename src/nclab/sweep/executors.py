@@ -21,13 +21,23 @@ an *envelope* ``{"ok": True, "final": {...}, "outcome": ...}`` or ``{"ok": False
 Stacks: ``executor.submit_stack(stack_fn, configs, run_dirs)`` runs ``stack_fn(configs,
 run_dirs) -> [final, ...]`` (one process trains all members; see
 :mod:`nclab.train.stacked`) and resolves to a list of envelopes, one per member.
+
+Signals: ``executor.interrupt(signum)`` asks the work in flight to stop after its current
+epoch (the sweep driver calls it on SIGINT/SIGTERM). Local workers run in their own process
+group, so a Ctrl-C in the terminal reaches only the driver, which forwards it; in a worker
+the trainer turns it into a checkpoint and ``status.json`` = ``interrupted`` (a second one
+abandons the epoch in flight and keeps the last checkpoint). :func:`signals_wanted` tells the
+built-in run functions whether to handle signals (in a worker, or inline under a driver that
+handles them) and :func:`pending_signal` whether one arrived while no run was training.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import multiprocessing as mp
 import os
+import signal
 import threading
 import time
 import traceback
@@ -37,11 +47,38 @@ from nclab.config import OptionError
 from nclab.store.index import pid_alive, pid_start_time
 
 __all__ = ["Executor", "LocalExecutor", "InlineExecutor", "RayExecutor", "make_executor", "call_run", "call_stack",
-           "EXECUTORS"]
+           "EXECUTORS", "signals_wanted", "pending_signal", "handling_signals"]
 
 EXECUTORS: tuple[str, ...] = ("local", "inline", "ray")
 
 RunFn = Callable[[dict, str], dict]
+
+# Signal handling of this process (see the module docstring): whether the built-in run
+# functions should let the trainer handle SIGINT/SIGTERM, and a signal a worker received
+# while no trainer was handling signals (between runs).
+_HANDLE_SIGNALS = False
+_PENDING_SIGNAL: int | None = None
+
+
+def signals_wanted() -> bool:
+    """True in a sweep worker, or inline under a driver that handles SIGINT/SIGTERM."""
+    return _HANDLE_SIGNALS
+
+
+def pending_signal() -> int | None:
+    """The SIGINT/SIGTERM this worker received while no run was training (None if none)."""
+    return _PENDING_SIGNAL
+
+
+@contextlib.contextmanager
+def handling_signals(enabled: bool = True):
+    """While active, :func:`signals_wanted` is True in this process (the inline executor)."""
+    global _HANDLE_SIGNALS
+    old, _HANDLE_SIGNALS = _HANDLE_SIGNALS, bool(enabled) or _HANDLE_SIGNALS
+    try:
+        yield
+    finally:
+        _HANDLE_SIGNALS = old
 
 
 def call_run(run_fn: RunFn, config: dict, run_dir: str) -> dict[str, Any]:
@@ -102,6 +139,10 @@ class Executor:
     def restart(self) -> None:
         """Recover after a broken pool (a worker process died)."""
 
+    def interrupt(self, signum: int) -> None:
+        """Ask the runs in flight to stop after their current epoch (checkpoint, ``interrupted``).
+        Inline runs got the signal themselves; Ray tasks are not interrupted (they finish)."""
+
     def shutdown(self, *, cancel: bool = False) -> None:
         """Release workers; ``cancel`` drops queued work and stops running work if possible."""
 
@@ -138,10 +179,26 @@ def _watch_driver(driver_pid: int, driver_start: int | None, period: float) -> N
             os._exit(70)  # driver gone: stop now, the restarted sweep re-runs this run
 
 
+def _worker_signal(signum: int, frame: Any) -> None:
+    global _PENDING_SIGNAL
+    _PENDING_SIGNAL = signum  # between runs: the next run returns at once (the trainer handles it during one)
+
+
+_worker_signal.nclab_stop_request = True  # type: ignore[attr-defined]  (a trainer's StopSignals passes its signal on)
+
+
 def _worker_init(driver_pid: int, driver_start: int | None, threads: int) -> None:
+    global _HANDLE_SIGNALS
     # set before torch is imported by the run function (spawned workers import it lazily)
     os.environ["OMP_NUM_THREADS"] = str(threads)
     os.environ["MKL_NUM_THREADS"] = str(threads)
+    # a Ctrl-C in the terminal goes to the driver only (it forwards it once): a worker that got
+    # it too would count the forwarded copy as a second signal and abandon its epoch
+    with contextlib.suppress(OSError):
+        os.setpgid(0, 0)
+    _HANDLE_SIGNALS = True
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, _worker_signal)
     threading.Thread(target=_watch_driver, args=(driver_pid, driver_start, 0.5), daemon=True).start()
 
 
@@ -191,19 +248,32 @@ class LocalExecutor(Executor):
             self._pool.shutdown(wait=False, cancel_futures=True)
         self._pool = None
 
+    def interrupt(self, signum: int) -> None:
+        for p in self._workers():
+            with contextlib.suppress(OSError):
+                os.kill(p.pid, signum)
+
+    def _workers(self) -> list[Any]:
+        return [p for p in getattr(self._pool, "_processes", {}).values() if p.is_alive()]
+
     def shutdown(self, *, cancel: bool = False) -> None:
         pool, self._pool = self._pool, None
         if pool is None:
             return
         if cancel:
-            # stop running work too: terminate the worker processes, then reap the pool
+            # stop running work too: SIGTERM (a worker's trainer abandons its epoch and keeps the last
+            # checkpoint), then SIGKILL for any worker still alive after 5 s; then reap the pool
             procs = list(getattr(pool, "_processes", {}).values())
             pool.shutdown(wait=False, cancel_futures=True)
             for p in procs:
                 if p.is_alive():
                     p.terminate()
+            deadline = time.time() + 5.0
             for p in procs:
-                p.join(timeout=5)
+                p.join(timeout=max(0.0, deadline - time.time()))
+                if p.is_alive():
+                    p.kill()
+                    p.join(timeout=5)
         else:
             pool.shutdown(wait=True)
 

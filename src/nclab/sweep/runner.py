@@ -51,6 +51,9 @@ class SweepSummary:
     already_diverged: int = 0  # diverged before this call started
     skipped_failed: int = 0  # failed earlier and not retried
     elsewhere: int = 0  # still running under another live driver when this call ended
+    interrupted: int = 0  # stopped by SIGINT/SIGTERM after a checkpoint; released (pending) for a rerun
+    locked: int = 0  # run directory locked by another live process: skipped, released (pending)
+    signum: int | None = None  # the signal that stopped this call (None: it ran to the end)
     reclaimed: int = 0  # taken back from dead owners
     wall: float = 0.0
     durations: list[float] = field(default_factory=list)
@@ -89,6 +92,7 @@ def run_sweep(
     max_new: int | None = None,
     stack: int | None = None,
     stack_fn: Callable[[list, list], list] | None = None,
+    signals: Any = None,
 ) -> SweepSummary:
     """Run every pending run of ``runs`` (objects/dicts with hash, name, config) exactly once.
 
@@ -100,6 +104,15 @@ def run_sweep(
     unless ``stack_fn`` is given); each member is still claimed, completed or failed on its
     own. Returns a :class:`SweepSummary`; the results are in the store. On
     KeyboardInterrupt the claimed runs are released and workers stopped.
+
+    ``signals``: an object whose ``signum`` becomes non-None on SIGINT/SIGTERM (the CLI's
+    :class:`nclab.train.signals.StopSignals`). Then nothing new is claimed, the runs in flight
+    are asked to stop after their current epoch (:meth:`Executor.interrupt`; inline, the
+    trainer handles the signal itself), each stopped run is released back to ``pending``
+    with its checkpoint and ``status.json`` = ``interrupted``, and the summary's ``signum``
+    says which signal stopped the sweep; a rerun continues every run from its checkpoint.
+    A run whose directory is locked by another live process is released and counted in
+    ``locked``, never failed (nor are its stack neighbours).
     """
     if stack is not None and stack < 1:
         raise OptionError("{stack} must be >= 1; got {got}", options=("stack",), got=stack)
@@ -150,8 +163,22 @@ def run_sweep(
             on_event(SweepEvent(kind=kind, counts=_counts(summary, inflight, elsewhere), **kw))
 
     emit("start")
+    interrupted_by: int | None = None  # the signal the sweep is stopping for, once known
+    forwarded = False
+    poll = min(heartbeat_every, 0.2) if signals is not None else heartbeat_every  # react to a signal promptly
+    from nclab.sweep.executors import handling_signals  # noqa: PLC0415
+
+    guard = handling_signals(signals is not None)
+    guard.__enter__()
     try:
         while True:
+            if signals is not None and signals.signum is not None and interrupted_by is None:
+                interrupted_by = signals.signum
+            if interrupted_by is not None:
+                todo.clear()  # claim nothing more
+                if not forwarded:
+                    forwarded = True
+                    executor.interrupt(interrupted_by)
             while len(inflight) < executor.capacity and todo and (max_new is None or claimed < max_new):
                 unit = todo.popleft()
                 got: list[str] = []
@@ -178,7 +205,7 @@ def run_sweep(
                                                 [str(store.run_dir(h)) for h in got])
                     inflight[fut] = (got, time.time(), True)
             if not inflight:
-                if elsewhere and (max_new is None or claimed < max_new):
+                if elsewhere and interrupted_by is None and (max_new is None or claimed < max_new):
                     # another driver holds these; take them over only if it died meanwhile
                     back = set(store.reclaim_stale()) & elsewhere
                     if back:
@@ -189,7 +216,7 @@ def run_sweep(
                     st = store.status_of(sorted(elsewhere))
                     elsewhere = {h for h in elsewhere if st.get(h) == "running"}
                 break
-            done, _ = cf.wait(list(inflight), timeout=heartbeat_every, return_when=cf.FIRST_COMPLETED)
+            done, _ = cf.wait(list(inflight), timeout=poll, return_when=cf.FIRST_COMPLETED)
             broken = False
             for fut in done:
                 hs, t0, is_stack = inflight.pop(fut)
@@ -205,8 +232,19 @@ def run_sweep(
                 dt = (time.time() - t0) / len(hs)  # a stack's wall time, shared by its members
                 for h, env in zip(hs, envs):
                     name = _f(by_hash[h], "name")
-                    if env.get("ok"):
-                        outcome = env.get("outcome", "completed")
+                    outcome = env.get("outcome", "completed") if env.get("ok") else None
+                    if outcome in ("interrupted", "locked"):
+                        # not a result: the row goes back to pending (a rerun continues the run)
+                        store.release(h, owner)
+                        final = env.get("final") or {}
+                        if outcome == "locked":
+                            summary.locked += 1
+                        else:
+                            summary.interrupted += 1
+                            if interrupted_by is None:  # an inline run got the signal itself
+                                interrupted_by = int(final.get("signum") or 15)
+                        emit(outcome, hash=h, name=name, error=final.get("message"))
+                    elif env.get("ok"):
                         if store.complete(h, owner, env["final"], outcome=outcome):
                             if outcome == "diverged":
                                 summary.diverged += 1
@@ -231,6 +269,9 @@ def run_sweep(
             for h in hs:
                 store.release(h, owner)
         raise
+    finally:
+        guard.__exit__(None, None, None)
+    summary.signum = interrupted_by
     summary.elsewhere = len(elsewhere)
     summary.wall = time.time() - t_start
     emit("end")

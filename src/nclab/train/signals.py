@@ -24,6 +24,7 @@ class StopSignals:
         self.enabled = enabled
         self.signum: int | None = None
         self._old: dict[int, Any] = {}
+        self._outer: Any = None  # the handler this one replaced (see __exit__)
 
     @property
     def exit_code(self) -> int:
@@ -53,9 +54,11 @@ class StopSignals:
         import signal
         import threading
 
+        self._outer = None
         if self.enabled and threading.current_thread() is threading.main_thread():
             for s in (signal.SIGINT, signal.SIGTERM):
                 self._old[s] = signal.signal(s, self._handle)
+            self._outer = self._old.get(signal.SIGTERM)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -64,3 +67,13 @@ class StopSignals:
         for s, old in self._old.items():
             signal.signal(s, old)
         self._old.clear()
+        # nested in an enclosing stop request (a sweep driver running this run inline, or a
+        # sweep worker): pass the signal on, so a run that ended anyway still stops the sweep
+        outer, self._outer = self._outer, None
+        if self.signum is not None and outer is not None:
+            owner = getattr(outer, "__self__", None)
+            if isinstance(owner, StopSignals):
+                if owner.signum is None:
+                    owner.signum = self.signum
+            elif getattr(outer, "nclab_stop_request", False):
+                outer(self.signum, None)
