@@ -45,7 +45,8 @@ def test_neural_collapse_plot_uses_torchmetrics_helpers():
     ("nclab.integrations.lightning", "lightning", "lightning"),
 ])
 def test_every_optional_extra_names_its_install(monkeypatch, module, extra, missing):
-    monkeypatch.setitem(sys.modules, missing, None)  # an import of it now fails
+    for name in [missing] + [n for n in sys.modules if n.startswith(missing + ".")]:
+        monkeypatch.setitem(sys.modules, name, None)  # an import of it (or of a submodule loaded earlier) now fails
     monkeypatch.setitem(sys.modules, "pytorch_lightning", None)
     monkeypatch.delitem(sys.modules, module, raising=False)
     with pytest.raises(ImportError, match=rf"pip install 'nclab\[{extra}\]'"):
