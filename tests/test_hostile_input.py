@@ -361,3 +361,21 @@ def test_report_md_escapes_store_strings(tmp_path):
     assert "<script>" not in md and "&lt;script&gt;" in md
     assert "<script>alert" not in html_text
     assert all(p.parent == Path(rep.markdown).parent / "figures" for p in rep.figures)
+
+
+def test_sweep_report_md_escapes_store_strings(tmp_path):
+    from nclab.report import build_report
+    from nclab.store.index import Owner, RunStore
+
+    st = RunStore(tmp_path / "s")
+    o = Owner()
+    for i, loss in enumerate(("<script>x</script>", "ce`|")):
+        h = f"h{i}"
+        st.register([{"hash": h, "name": h, "config": {"seed": 0, "loss": {"name": loss}}}], sweep="tiny<b>")
+        st.claim(h, o)
+        st.complete(h, o, {"test_acc": 0.5})
+    st.close()
+    rep = build_report(tmp_path / "s")
+    md = Path(rep.markdown).read_text()
+    assert "<script>" not in md and "<b>" not in md and "&lt;script&gt;" in md and "ce\\`\\|" in md
+    assert "<script>x" not in Path(rep.html).read_text()  # (the page has its own table-sorting script)

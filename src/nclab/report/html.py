@@ -57,6 +57,16 @@ document.querySelectorAll("table").forEach(function(t){
 """
 
 
+_MD_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", "|": "\\|", "`": "\\`", "\\": "\\\\",
+                             "\n": " ", "\r": " "})
+
+
+def md_text(value) -> str:
+    """A string from a store or config as inert Markdown text: no raw HTML (``<script>``), code
+    spans or table breaks; Markdown renderers show it as written, as the HTML report does."""
+    return str(value).translate(_MD_ESCAPES)
+
+
 def render_markdown(text: str) -> str:
     """CommonMark with GitHub-style tables, raw HTML escaped; returns the HTML body."""
     from markdown_it import MarkdownIt

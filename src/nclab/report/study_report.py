@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nclab.report.html import md_text as _md_text
 from nclab.report.study_data import METRICS, aggregate, fit_line, load_records, md_keys
 from nclab.store.files import atomic_write_text
 from nclab.store.index import RunStore
@@ -130,16 +131,6 @@ def _table(records, ds, variant, metrics) -> tuple[list[str], list[list[str]]]:
         cells = [f"{aggs[m][k]['mean']:.4g} ± {aggs[m][k]['std']:.2g}" if k in aggs[m] else "n/a" for m in metrics]
         rows.append([k[2], f"{k[3]:g}", str(n)] + cells)
     return head, rows
-
-
-_MD_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", "|": "\\|", "`": "\\`", "\\": "\\\\",
-                             "\n": " ", "\r": " "})
-
-
-def _md_text(value) -> str:
-    """A store string as inert Markdown text: no raw HTML (``<script>``), code spans or table
-    breaks; Markdown renderers show it as written, as the HTML report does."""
-    return str(value).translate(_MD_ESCAPES)
 
 
 def _file_stem(value) -> str:

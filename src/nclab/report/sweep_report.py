@@ -195,7 +195,9 @@ def _md_scatter(path: Path, points: dict[str, list[tuple[float, float]]], colors
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
-    esc = [[c.replace("|", "\\|") for c in r] for r in [headers, *rows]]
+    from nclab.report.html import md_text  # noqa: PLC0415
+
+    esc = [[md_text(c) for c in r] for r in [headers, *rows]]
     return ["| " + " | ".join(esc[0]) + " |", "|" + "---|" * len(headers)] + ["| " + " | ".join(r) + " |" for r in esc[1:]]
 
 
@@ -203,7 +205,7 @@ def build_sweep_report(store_dir: str | Path, *, out_dir: str | Path | None = No
                        sweep: str | None = None) -> SweepReport:
     """Write ``report.md``, ``report.html`` and ``figures/`` for the completed runs of a sweep
     store (see the module docstring); ``Report.summary`` is what ``nclab report --json`` prints."""
-    from nclab.report.html import markdown_page  # noqa: PLC0415
+    from nclab.report.html import markdown_page, md_text  # noqa: PLC0415
     from nclab.report.style import OKABE_ITO  # noqa: PLC0415
 
     store = RunStore(store_dir, create=False)
@@ -258,10 +260,10 @@ def build_sweep_report(store_dir: str | Path, *, out_dir: str | Path | None = No
         store.close()
 
     name = sweep or ", ".join(s for s in _sweeps(store_dir)) or Path(store_dir).name
-    md = [f"# Sweep report: {name}", ""]
-    factor_text = (", ".join(f"`{k}`" for k in keys) if keys else "nothing (every run has one config apart from "
+    md = [f"# Sweep report: {md_text(name)}", ""]
+    factor_text = (", ".join(md_text(k) for k in keys) if keys else "nothing (every run has one config apart from "
                    "its seed)")
-    md += [f"Built from the results store `{Path(store_dir)}`: {len(rows)} completed runs "
+    md += [f"Built from the results store {md_text(Path(store_dir))}: {len(rows)} completed runs "
            f"({counts['failed']} failed and {counts['pending'] + counts['running']} not finished are not included), "
            f"in {len(groups)} group(s). Runs are grouped by the config keys that vary across them: {factor_text}; "
            "the seeds within a group are its repeats.", ""]
