@@ -142,11 +142,13 @@ def test_no_orthogonal_runs_no_figure_and_a_clear_sentence(tmp_path):
 
 def test_missing_values_are_left_out_by_reason_never_guessed():
     rows = [_row(realized_noise=None), _row(dilation=float("nan")), _row(geometry=None), _row(loss="mse"),
-            _row(memorization="")]
+            _row(memorization=""), _row(realized_noise=0.0)]
     used, info = select_runs(rows)
     assert used == []
     assert info["left_out"] == {"no normalized memorization or dilation": 2, "no realized noise rate": 1,
-                                "geometry: not classified": 1, "loss 'mse' (not CE or LS)": 1}
+                                "geometry: not classified": 1, "loss 'mse' (not CE or LS)": 1,
+                                "realized noise rate outside (0, 1)": 1}
+    assert select_runs([_row(classes="2", noise_rate="0.1", realized_noise="0.05")])[0][0]["classes"] == 2
 
 
 def test_t_interval_small_samples_and_degenerate_cases():

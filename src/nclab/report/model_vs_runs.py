@@ -99,6 +99,8 @@ def select_runs(rows: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], d
             why = f"geometry: {r.get('geometry') or 'not classified'}"
         elif eta is None:
             why = "no realized noise rate"
+        elif not 0 < eta < 1:
+            why = "realized noise rate outside (0, 1)"
         elif m is None or d is None:
             why = "no normalized memorization or dilation"
         else:
@@ -391,8 +393,12 @@ def section(rows: Sequence[dict[str, Any]], out_dir: str | Path, *, seed: int = 
     results = []
     rng = np.random.default_rng(seed)
     for ds in sorted({r["dataset"] for r in used}):
-        res = _dataset(ds, [r for r in used if r["dataset"] == ds], pairs, rng=rng, n_boot=n_boot,
-                       penalty=penalty, lambdas=lambdas, notes=notes)
+        try:
+            res = _dataset(ds, [r for r in used if r["dataset"] == ds], pairs, rng=rng, n_boot=n_boot,
+                           penalty=penalty, lambdas=lambdas, notes=notes)
+        except ValueError as exc:  # e.g. a lambda grid the model cannot be tabulated on
+            notes.append(f"{ds}: the model is not fitted ({exc})")
+            res = None
         if res is not None:
             results.append(res)
 
