@@ -107,8 +107,8 @@ def test_md_scatter_has_a_legend_for_marker_size(tmp_path, monkeypatch):
 
     figs = []
     monkeypatch.setattr(style, "save", lambda fig, path: figs.append(fig))
-    recs = [{"dataset": "d", "variant": "main", "loss": loss, "rate": rate, "memorization": m + rate,
-             "dilation": 0.5 * m + rate, "_keys": {"memorization": "train.memorization", "dilation": "train.dilation"}}
+    recs = [{"dataset": "d", "variant": "main", "loss": loss, "noise_rate": rate, "realized_noise": rate / 2,
+             "status": "completed", "geometry": "orthogonal frame", "memorization": m + rate, "dilation": 0.5 * m + rate}
             for loss in ("ce", "ls") for rate in (0.1, 0.2, 0.4) for m in (0.1, 0.2, 0.3)]
     _md_scatter(recs, "d", tmp_path / "x.png")
     (fig,) = figs
@@ -117,8 +117,8 @@ def test_md_scatter_has_a_legend_for_marker_size(tmp_path, monkeypatch):
 
     legends = [a for a in ax.get_children() if isinstance(a, Legend)]
     titles = {lg.get_title().get_text(): [t.get_text() for t in lg.get_texts()] for lg in legends}
-    assert titles["noise rate (size)"] == ["0.1", "0.2", "0.4"]
-    size_legend = next(lg for lg in legends if lg.get_title().get_text() == "noise rate (size)")
+    assert titles["realized noise η (size)"] == ["0.05", "0.1", "0.2"]
+    size_legend = next(lg for lg in legends if lg.get_title().get_text() == "realized noise η (size)")
     sizes = [h.get_sizes()[0] for h in size_legend.legend_handles]
     assert sizes == sorted(sizes) and sizes[0] < sizes[-1]  # bigger marker, more noise
     assert any(re.match(r"loss", t) for t in titles)

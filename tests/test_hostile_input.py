@@ -348,14 +348,14 @@ def test_report_md_escapes_store_strings(tmp_path):
         st.claim(h, o)
         st.complete(h, o, {"test_acc": 0.5, "train_acc_noisy": 1.0, "train.memorization_normalized": 1.0,
                            "train.dilation_normalized": 0.5}, outcome="completed")
-    import nclab.report.study_report as sr
+    import nclab.report.model_vs_runs as mvr
 
-    sr_model = sr._model_vs_runs
-    sr._model_vs_runs = lambda rows, out: (None, None)
+    real = mvr.section
+    mvr.section = lambda rows, out_dir, *, seed=0: (None, None)
     try:
         rep = build_report(tmp_path / "s")
     finally:
-        sr._model_vs_runs = sr_model
+        mvr.section = real
     md = Path(rep.markdown).read_text()
     html_text = Path(rep.html).read_text()
     assert "<script>" not in md and "&lt;script&gt;" in md

@@ -1,6 +1,6 @@
-"""The study report from small fabricated stores: real PNGs, tables with the numbers,
-three-valued claims that follow the data, eligibility (non-terminal and diverged runs listed,
-not used), `--json`, and no verdict from a store that is not a study or has 2 runs."""
+"""The study report from small fabricated stores and run tables: every run counts (dead-class
+and non-terminal runs stay in), geometry from the clean class means, runs.csv round trip, the
+same claims from a store and from its runs.csv, and the claims' required fields."""
 
 from __future__ import annotations
 
@@ -11,20 +11,22 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from nclab.report.study_data import decide_claims, fit_line, load_records
+from nclab.metrics.frames import DEAD, FRAME
+from nclab.report.study_data import read_runs_csv, runs_table, write_runs_csv
 from nclab.store.index import Owner, RunStore
 
 PNG = b"\x89PNG\r\n\x1a\n"
+HEADLINE_KEYS = ("estimate", "ci", "n_pairs", "n_excluded", "verdict", "verdict_holm", "sensitivity")
 
 
 @pytest.fixture(autouse=True)
 def _no_model_fit(monkeypatch):
-    """The model-vs-runs section (fits the M-D model; tested with its own module) is replaced
-    by a stub here: these tests are about the report's own content."""
-    import nclab.report.study_report as sr
+    """The model-vs-runs section (it fits the M-D model; tested in its own module) is a stub
+    here: these tests are about the report's own content."""
+    import nclab.report.model_vs_runs as mvr
 
-    monkeypatch.setattr(sr, "_model_vs_runs", lambda rows, out: ("## Model vs runs\n\nstub with %d runs" % len(rows),
-                                                                 {"n_rows": len(rows)}))
+    monkeypatch.setattr(mvr, "section", lambda rows, out_dir, *, seed=0: (
+        "## Model vs runs\n\nstub", {"n_rows": len(rows), "seed": seed}))
 
 
 def _cli(args):
@@ -40,130 +42,164 @@ def _cli(args):
     return CliRunner().invoke(app, args)
 
 
-def _put(st, o, h, cfg, final, *, outcome="completed"):
-    st.register([{"hash": h, "name": h, "config": cfg}], sweep="md-small" if cfg.get("_study", True) else None)
+def _put(st, o, h, cfg, final, *, outcome="completed", sweep="md-small"):
+    st.register([{"hash": h, "name": h, "config": cfg}], sweep=sweep)
     st.claim(h, o)
     st.complete(h, o, final, outcome=outcome)
 
 
-def _fabricate(root, *, ls_dilates_less: bool = True, seeds: int = 6, study: bool = True):
-    """CE/LS x 3 rates x seeds x 2 datasets; dilation = a + b*memorization (+ noise)."""
+def _features(st, h, *, dead: int | None = None, n: int = 40, flip: int = 0, seed: int = 0, bias: bool = True):
+    """An orthogonal frame of two classes (or one class at the origin), noisy labels flipped."""
+    rng = np.random.default_rng(seed)
+    yc = np.repeat([0, 1], n // 2)
+    x = np.abs(np.eye(2)[yc] * 3 + rng.normal(size=(n, 2)) * 0.05)
+    if dead is not None:
+        x[yc == dead] *= 0.01
+    y = yc.copy()
+    y[:flip] = 1 - y[:flip]
+    d = st.run_dir(h)
+    d.mkdir(parents=True, exist_ok=True)
+    extra = {"b": np.zeros(2)} if bias else {}
+    np.savez(d / "features.npz", features=x, labels=y, clean_labels=yc, W=np.eye(2), **extra)
+
+
+def _fabricate(root, *, seeds: int = 6, dead_seed: int | None = None, ls_dilates_less: bool = True):
+    """CE/LS x rates {0, 0.2, 0.4} x seeds on digits, plus the noise-free no-bias variant.
+    ``dead_seed``: that seed's runs end with class 1 dead and (without a bias) at accuracy 0.5."""
     st = RunStore(root)
     rng = np.random.default_rng(0)
     o = Owner()
-    for ds in ("digits", "fashion-mnist"):
-        for seed in range(seeds):
-            for rate in (0.0, 0.2, 0.4):
-                mem = 0.2 + 2 * rate + 0.05 * rng.standard_normal()
-                for loss in ("ce", "ls"):
-                    slope = (0.3 if loss == "ls" else 0.8) if ls_dilates_less else (0.8 if loss == "ls" else 0.3)
-                    dil = 0.1 + slope * mem + 0.01 * rng.standard_normal()
-                    cfg = {"seed": seed, "dataset": {"name": ds, "classes": 2}, "loss": {"name": loss},
-                           "noise": {"kind": "symmetric_all", "rate": rate}, "stop": {"train_acc": 0.999, "patience": 5},
-                           "_study": study}
-                    _put(st, o, f"{ds}-{loss}-{rate}-{seed}", cfg, {
-                        "test_acc": 0.95 - rate * (0.3 if loss == "ce" else 0.2) + 0.01 * seed,
-                        "train_acc_noisy": 1.0, "terminal_epoch": 100 + seed, "stop_reason": "terminal",
-                        "train.memorization_normalized": mem, "train.dilation_normalized": dil,
-                        "train.clean_centroid_distance": 2.0, "test.dilation": 2.0 * dil * 1.1,
-                        "test.dilation_normalized": 99.0,  # the unstable test-centroid scale: must not be used
-                        "train.nc1": 0.01 + rate, "train.nc2_orthogonal_error_means": 0.02 + rate / 10,
-                        "train.nc2_etf_error_means": 0.15617, "train.realized_noise_rate": rate / 2,
-                    })
-    # a run that never reached the terminal phase and a diverged one: listed, never used
-    cfg = {"seed": 99, "dataset": {"name": "digits", "classes": 2}, "loss": {"name": "ce"},
-           "noise": {"kind": "symmetric_all", "rate": 0.4}, "stop": {"train_acc": 0.999, "patience": 5}, "_study": study}
-    _put(st, o, "never", cfg, {"test_acc": 0.1, "train_acc_noisy": 0.97, "terminal_epoch": None, "stop_reason": "epochs",
-                               "train.memorization_normalized": 50.0, "train.dilation_normalized": 50.0, "epoch": 200})
-    _put(st, o, "nan", {**cfg, "seed": 98}, {"test_acc": 0.5, "terminal_epoch": 3}, outcome="diverged")
-    # a failed run and a pending run must not enter the report
-    st.register([{"hash": "bad", "name": "bad", "config": {"dataset": {"name": "digits"}}},
-                 {"hash": "todo", "name": "todo", "config": {}}])
+    for seed in range(seeds):
+        dead = seed == dead_seed
+        for rate in (0.0, 0.2, 0.4):
+            mem = 0.2 + 2 * rate + 0.05 * rng.standard_normal()
+            for loss in ("ce", "ls"):
+                slope = (0.3 if loss == "ls" else 0.8) if ls_dilates_less else (0.8 if loss == "ls" else 0.3)
+                dil = 0.1 + slope * mem + 0.01 * rng.standard_normal()
+                cfg = {"seed": seed, "dataset": {"name": "digits", "classes": 2}, "loss": {"name": loss, "alpha": 0.1},
+                       "noise": {"kind": "symmetric_all", "rate": rate}, "terminal_acc": 0.999, "epochs": 200}
+                h = f"d-{loss}-{rate}-{seed}"
+                fin = {"epoch": 200, "lr": 0.0, "test_acc": 0.95 - rate * (0.3 if loss == "ce" else 0.2) + 0.01 * seed,
+                       "train_acc_noisy": 0.995 if dead else 1.0, "terminal_epoch": None if dead else 40 + seed,
+                       "stop_reason": "epochs", "train.dilation_normalized": dil,
+                       "train.clean_centroid_distance": 2.0, "test.dilation": 2.0 * dil * 1.1,
+                       "train.nc1": 0.01 + rate, "train.nc2_orthogonal_error_means": 0.02 + rate / 10,
+                       "train.realized_noise_rate": rate / 2 + 0.001 * seed}
+                if rate:
+                    fin["train.memorization_normalized"] = mem
+                _put(st, o, h, cfg, fin)
+                _features(st, h, dead=1 if dead else None, flip=int(rate * 10), seed=seed)
+        for loss in ("ce", "ls"):  # no bias, noise-free: a dead class 1 ties at logits (0, 0) -> accuracy 0.5
+            h = f"nb-{loss}-{seed}"
+            cfg = {"seed": seed, "dataset": {"name": "digits", "classes": 2}, "loss": {"name": loss},
+                   "model": {"classifier_bias": False}, "noise": {"kind": "symmetric_all", "rate": 0.0},
+                   "terminal_acc": 0.999}
+            _put(st, o, h, cfg, {"epoch": 200, "test_acc": 0.5 if dead else 0.99, "train_acc_noisy": 0.5 if dead else 1.0,
+                                 "terminal_epoch": None if dead else 3, "train.dilation_normalized": 0.1})
+            _features(st, h, dead=1 if dead else None, seed=seed, bias=False)
+    # a diverged run: its pair leaves, counted; a failed run never enters
+    cfg = {"seed": seeds, "dataset": {"name": "digits", "classes": 2}, "loss": {"name": "ce"},
+           "noise": {"kind": "symmetric_all", "rate": 0.4}, "terminal_acc": 0.999}
+    _put(st, o, "nan", cfg, {"test_acc": 0.5}, outcome="diverged")
+    _put(st, o, "nan-ls", {**cfg, "loss": {"name": "ls"}}, {"epoch": 200, "test_acc": 0.6, "train.memorization_normalized": 1.0,
+                                                             "train.dilation_normalized": 1.0, "train.realized_noise_rate": 0.2})
+    st.register([{"hash": "bad", "name": "bad", "config": {"dataset": {"name": "digits"}}}], sweep="md-small")
     st.claim("bad", o)
     st.fail("bad", o, "boom")
     return st
 
 
-def test_report_builds_with_pngs_tables_and_claims(tmp_path):
-    import matplotlib.image as mpimg
+def test_runs_table_counts_every_run_with_geometry_by_clean_means(tmp_path):
+    st = _fabricate(tmp_path / "s", seeds=5, dead_seed=2)
+    rows = runs_table(st)
+    assert len(rows) == 5 * 3 * 2 + 5 * 2 + 2  # every completed and diverged run; the failed one is not a result
+    by = {r["hash"]: r for r in rows}
+    # a dead class 1 without a bias sits at accuracy 0.5: classified by its class means, and kept
+    nb = by["nb-ls-2"]
+    assert nb["geometry"] == DEAD and nb["train_acc_noisy"] == 0.5 and nb["reached_terminal"] is False
+    assert by["nb-ls-1"]["geometry"] == FRAME and by["nb-ls-1"]["bias"] is False and by["d-ls-0.0-1"]["bias"] is True
+    # noisy runs are classified by the clean labels (the flipped samples do not move the means)
+    assert by["d-ce-0.4-0"]["geometry"] == FRAME and by["d-ce-0.4-2"]["geometry"] == DEAD
+    assert by["nan"]["status"] == "diverged" and by["nan"]["geometry"] is None
+    assert by["d-ce-0.2-3"]["realized_noise"] == pytest.approx(0.103) and by["d-ce-0.2-3"]["noise_rate"] == 0.2
+    assert by["d-ce-0.2-3"]["test_dilation"] == pytest.approx(by["d-ce-0.2-3"]["dilation"] * 1.1)
 
+
+def test_runs_csv_round_trips_exactly(tmp_path):
+    rows = runs_table(_fabricate(tmp_path / "s", seeds=5, dead_seed=2))
+    p = write_runs_csv(rows, tmp_path / "runs.csv")
+    back = read_runs_csv(p)
+    assert back == [{k: r.get(k) for k in back[0]} for r in rows]
+    bad = tmp_path / "bad.csv"
+    bad.write_text(p.read_text().replace(",200,", ",two hundred,", 1))
+    with pytest.raises(ValueError, match=r"bad\.csv, line 2: column 'epochs'"):
+        read_runs_csv(bad)
+    (tmp_path / "x.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match="not a study runs table"):
+        read_runs_csv(tmp_path / "x.csv")
+
+
+def test_every_pair_counts_and_h3_counts_every_noise_free_run(tmp_path):
     from nclab.report import build_report
 
-    _fabricate(tmp_path / "s")
-    rep = build_report(tmp_path / "s")
-    assert len(rep.figures) == 6  # 3 per dataset
-    for f in rep.figures:
-        assert f.read_bytes().startswith(PNG)
-        assert mpimg.imread(f).shape[0] > 100
-    md, html = rep.markdown.read_text(), rep.html.read_text()
-    assert html.count("data:image/png;base64,") == 6
+    rep = build_report(_fabricate(tmp_path / "s", seeds=6, dead_seed=2).root)
     claims = {c["id"]: c for c in rep.summary["claims"]}
-    assert claims["H1-ce"]["verdict"] == "held" and claims["H1-ls"]["verdict"] == "held"
-    assert claims["H2-dilation"]["verdict"] == "held" and claims["H2-slope"]["verdict"] == "held"
-    assert claims["H2-test-acc"]["verdict"] == "held" and claims["H2-test-dilation"]["verdict"] == "held"
     for c in claims.values():
-        assert set(c) >= {"id", "verdict", "estimate", "ci", "n_pairs"}
-    assert claims["H2-dilation"]["n_pairs"] == 24  # 2 datasets x 2 noisy rates x 6 seeds
-    assert claims["H3-bias"]["verdict"] == "insufficient data"  # no features saved
-    runs = rep.summary["runs"]
-    assert runs == {"completed": 74, "eligible": 72, "not_terminal": 1, "diverged": 1, "failed": 1, "unfinished": 1}
-    assert {e["hash"] for e in rep.summary["excluded_runs"]} == {"never", "nan"}
-    assert "Runs left out of the verdicts" in md and "| never | digits | ce | 0.4 | 99 | not terminal |" in md
-    assert "| H2-dilation | held |" in md
-    # table: digits CE at rate 0.4, test accuracy mean over seeds 0..5 (eligible runs only)
-    assert "| ce | 0.4 | 6 | 0.855 ± 0.019 |" in md  # 0.95 - 0.12 + 0.01 * mean(0..5)
-    # N = 2: no simplex-ETF column; the test-centroid normalization is not used
-    assert "simplex-ETF" not in md and "| 99 ± 0 |" not in md
-    assert (rep.out_dir / "summary.json").exists()
-    # the model-vs-runs section gets the eligible runs only
-    assert rep.summary["model_vs_runs"] == {"n_rows": 72} and "## Model vs runs" in md
+        for k in HEADLINE_KEYS:
+            assert k in c, (c["id"], k)
+    rows = read_runs_csv(rep.out_dir / "runs.csv")
+    for cid, variant in (("H3-bias", "main"), ("H3-nobias", "nobias")):
+        assert claims[cid]["n_runs"] == sum(r["variant"] == variant and r["noise_rate"] == 0 for r in rows)
+    # the dead-class seed stays in: 5 of 6 seeds orthogonal without a bias (the old filter dropped it)
+    assert claims["H3-nobias"]["estimate"] == pytest.approx(5 / 6)
+    assert claims["H3-nobias"]["sensitivity"]["n_left_out"] == 2 and claims["H3-nobias"]["sensitivity"]["estimate"] == 1.0
+    # H2: 6 seeds x 2 noisy rates = 12 pairs (+ 1 pair left out: its CE run diverged)
+    h2 = claims["H2-dilation"]
+    assert h2["n_pairs"] == 12 and h2["n_excluded"] == 1 and h2["verdict"] == "held"
+    assert h2["sensitivity"]["n_left_out"] == 2 and h2["sensitivity"]["n_pairs"] == 10
+    assert set(h2["strata"]) == {"orthogonal frame", "dead class"}
+    assert h2["strata"]["orthogonal frame"]["n_pairs"] == 10 and h2["strata"]["dead class"]["n_pairs"] == 2
+    assert all(x["exploratory"] for x in h2["cells"])
+    assert claims["H1-ce-digits"]["verdict"] == "held" and "strata" in claims["H1-ce-digits"]
+    assert claims["H2-slope-digits"]["verdict"] == "held"  # LS slope 0.3 vs CE 0.8
+    for c in claims.values():
+        assert c["verdict_holm"] in ("held", "did not hold", "inconclusive", "insufficient data")
+    md = rep.markdown.read_text()
+    assert "Holm" in md and "exploratory" in md and "η (p)" in md and "n/a" not in md
+    for f in rep.figures:
+        assert f.read_bytes()[:8] == PNG
 
 
-def test_claims_follow_the_data(tmp_path):
-    _fabricate(tmp_path / "s", ls_dilates_less=False)
-    claims = {c.id: c for c in decide_claims(load_records(tmp_path / "s"))}
-    assert claims["H2-slope"].verdict == "did not hold" and claims["H2-dilation"].verdict == "did not hold"
-    assert claims["H2-slope"].ci[0] > 0
+def test_report_from_runs_csv_gives_the_same_claims(tmp_path):
+    from nclab.report import build_report
 
-
-def test_test_dilation_uses_the_training_scale(tmp_path):
-    _fabricate(tmp_path / "s", seeds=1)
-    r = next(r for r in load_records(tmp_path / "s") if r["hash"] == "digits-ce-0.2-0")
-    assert r["test_dilation"] == pytest.approx(r["test_dilation_raw"] / 2.0)
-    assert r["test_dilation_testnorm"] == 99.0 and r["etf_error"] is None
-    assert r["eligible"] and r["status"] == "terminal"
-
-
-def test_two_run_store_gives_no_held_or_not_held(tmp_path):
-    st = RunStore(tmp_path / "s")
-    o = Owner()
-    for loss in ("ce", "ls"):
-        cfg = {"seed": 0, "dataset": {"name": "digits"}, "loss": {"name": loss}, "noise": {"kind": "symmetric", "rate": 0.2},
-               "_study": True}
-        _put(st, o, loss, cfg, {"test_acc": 0.51 if loss == "ce" else 0.513, "train_acc_noisy": 1.0,
-                                "train.memorization_normalized": 1.0, "train.dilation_normalized": 0.5})
-    res = _cli(["report", str(tmp_path / "s"), "--json"])
+    rep = build_report(_fabricate(tmp_path / "s", seeds=5, dead_seed=1).root, out_dir=tmp_path / "out")
+    claims = json.loads((tmp_path / "out" / "claims.json").read_text())
+    assert claims == rep.summary
+    res = _cli(["report", str(tmp_path / "out" / "runs.csv"), "--json"])
     assert res.exit_code == 0, res.output
-    out = json.loads(res.output)
-    assert out["claims"] and all(c["verdict"] in ("insufficient data", "inconclusive") for c in out["claims"])
-    # the same two runs outside a study: the sweep report (tests/test_sweep_report.py), no claim at all
-    st2 = RunStore(tmp_path / "t")
-    for loss in ("ce", "ls"):
-        _put(st2, o, loss, {"seed": 0, "dataset": {"name": "digits"}, "loss": {"name": loss},
-                            "noise": {"kind": "symmetric", "rate": 0.2}, "_study": False},
-             {"test_acc": 0.5, "train_acc_noisy": 1.0})
-    res = _cli(["report", str(tmp_path / "t"), "--json"])
-    out = json.loads(res.output)
-    assert out["kind"] == "sweep" and "claims" not in out and out["counts"]["completed"] == 2
-    md = (tmp_path / "t" / "report" / "report.md").read_text()
-    assert "## Claims" not in md and "## Final metrics per group" in md
+    assert json.loads(res.output) == claims
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["claims.json", "figures", "report.html",
+                                                                   "report.md", "runs.csv"]  # --json wrote nothing new
+    res = _cli(["report", str(tmp_path / "missing.csv"), "--json"])
+    assert res.exit_code == 2 and "missing.csv" in res.output
+
+
+def test_too_few_seeds_is_insufficient_never_a_verdict(tmp_path):
+    from nclab.report import build_report
+
+    rep = build_report(_fabricate(tmp_path / "s", seeds=3).root)
+    for c in rep.summary["claims"]:
+        assert c["verdict"] == "insufficient data", c["id"]
+        assert c["verdict_holm"] == "insufficient data"
 
 
 def test_fit_line_recovers_a_line():
+    from nclab.report.study_data import fit_line
+
     x = np.linspace(0, 1, 20)
     f = fit_line(x, 0.5 + 2 * x)
     assert f["slope"] == pytest.approx(2) and f["intercept"] == pytest.approx(0.5) and f["r2"] == pytest.approx(1)
-    assert np.isnan(fit_line(np.ones(5), np.arange(5.0))["slope"])
 
 
 def test_report_on_empty_store_is_a_clear_error(tmp_path):
@@ -174,74 +210,12 @@ def test_report_on_empty_store_is_a_clear_error(tmp_path):
         build_report(tmp_path)
 
 
-def test_feature_panels_and_geometry_from_saved_features(tmp_path):
-    from nclab.report import build_report
-
-    st = _fabricate(tmp_path / "s", seeds=5)
-    rng = np.random.default_rng(1)
-    yc = np.repeat([0, 1], 50)
-    for seed in range(5):
-        for loss in ("ce", "ls"):
-            for rate in (0.0, 0.2):
-                y = yc.copy()
-                if rate:
-                    y[:5] = 1
-                x = np.abs(np.eye(2)[yc] * 3 + rng.normal(size=(100, 2)) * 0.05)
-                if seed == 4 and loss == "ls" and rate == 0:  # one dead class
-                    x[yc == 1] *= 0.01
-                d = st.run_dir(f"digits-{loss}-{rate}-{seed}")
-                d.mkdir(parents=True, exist_ok=True)
-                np.savez(d / "features.npz", features=x, labels=y, clean_labels=yc, W=np.eye(2), b=np.zeros(2))
-    rep = build_report(tmp_path / "s")
-    panels = sorted(p.name for p in rep.figures if "_features_" in p.name)
-    assert panels == ["digits_features_ce.png", "digits_features_ls.png"]
-    geo = {(g["loss"], g["rate"]): g for g in rep.summary["geometry"]}
-    assert geo[("ls", 0.0)]["dead class"] == 1 and geo[("ls", 0.0)]["orthogonal frame"] == 4
-    assert geo[("ce", 0.0)]["orthogonal frame"] == 5 and all(g["bias"] for g in geo.values())
-    h3 = next(c for c in rep.summary["claims"] if c["id"] == "H3-bias")
-    assert h3["estimate"] == pytest.approx(0.9) and h3["verdict"] == "held" and h3["ci"][0] > 0.5
-    nob = next(c for c in rep.summary["claims"] if c["id"] == "H3-nobias")
-    assert nob["verdict"] == "insufficient data" and "without a classifier bias" in nob["reason"]
-    assert "Geometry of the class means" in rep.markdown.read_text()
-
-
 def test_study_report_leaves_out_search_trials(tmp_path):
-    """Runs of other sweeps in a study store (e.g. the paper scale's search trials) are not study runs."""
+    """Runs of other sweeps in a study store (the paper scale's search trials) are not study runs."""
     from nclab.report import build_report
 
     st = _fabricate(tmp_path / "s", seeds=1)
-    o = Owner()
-    cfg = {"seed": 0, "dataset": {"name": "digits", "classes": 2, "val_fraction": 0.2}, "loss": {"name": "ce"},
-           "noise": {"kind": "symmetric_all", "rate": 0.2}}
-    st.register([{"hash": "trial", "name": "trial", "config": cfg}], sweep="search-x")
-    st.claim("trial", o)
-    st.complete("trial", o, {"test_acc": 0.5, "train_acc_noisy": 1.0})
+    _put(st, Owner(), "trial", {"seed": 0, "dataset": {"name": "digits", "classes": 2}, "loss": {"name": "ce"},
+                                "noise": {"kind": "symmetric_all", "rate": 0.2}}, {"test_acc": 0.5}, sweep="search-x")
     rep = build_report(tmp_path / "s")
-    assert rep.summary["runs"]["completed"] == 14 and "trial" not in {e["hash"] for e in rep.summary["excluded_runs"]}
-
-
-def test_no_bias_runs_are_their_own_variant_and_feed_h3_nobias(tmp_path):
-    from nclab.report import build_report
-
-    st = _fabricate(tmp_path / "s", seeds=5)
-    o = Owner()
-    yc = np.repeat([0, 1], 50)
-    rng = np.random.default_rng(2)
-    for seed in range(5):
-        for loss in ("ce", "ls"):
-            h = f"nobias-{loss}-{seed}"
-            cfg = {"seed": seed, "dataset": {"name": "digits", "classes": 2}, "loss": {"name": loss},
-                   "model": {"classifier_bias": False}, "noise": {"kind": "symmetric_all", "rate": 0.0},
-                   "stop": {"train_acc": 0.999, "patience": 100}}
-            _put(st, o, h, cfg, {"test_acc": 0.99, "train_acc_noisy": 1.0, "terminal_epoch": 1, "stop_reason": "terminal",
-                                 "train.dilation_normalized": 0.1})
-            d = st.run_dir(h)
-            d.mkdir(parents=True, exist_ok=True)
-            x = np.abs(np.eye(2)[yc] * 3 + rng.normal(size=(100, 2)) * 0.05)
-            np.savez(d / "features.npz", features=x, labels=yc, clean_labels=yc, W=np.eye(2))  # no b: no bias
-    rep = build_report(tmp_path / "s")
-    claims = {c["id"]: c for c in rep.summary["claims"]}
-    assert claims["H3-nobias"]["verdict"] == "held" and claims["H3-nobias"]["estimate"] == 1.0
-    assert claims["H2-dilation"]["n_pairs"] == 20  # the no-bias runs are not paired with the main ones
-    assert any(c["variant"] == "nobias" and c["runs"] == 5 for c in rep.summary["cells"])
-    assert "Classifier without bias" in rep.markdown.read_text()
+    assert rep.summary["runs"]["total"] == 1 * 3 * 2 + 2 + 2

@@ -411,15 +411,16 @@ def _register_study(app: typer.Typer) -> None:
 
     @app.command("report")
     def report_cmd(
-        store_dir: Path = typer.Argument(..., help="results store directory"),
-        out: Optional[Path] = typer.Option(None, "--out", "-o", help="output directory [default: STORE/report]"),
-        as_json: bool = typer.Option(False, "--json", help="print the claims, verdicts and run counts as JSON"),
+        source: Path = typer.Argument(..., help="a results store directory, or a study's runs.csv"),
+        out: Optional[Path] = typer.Option(None, "--out", "-o", help="output directory [default: STORE/report, or the folder of runs.csv]"),
+        as_json: bool = typer.Option(False, "--json", help="print the claims, verdicts and run counts as JSON (claims.json); with a runs.csv and no --out nothing is written"),
     ) -> None:
-        """Rebuild the study report (Markdown + self-contained HTML) from a store, without training."""
+        """Rebuild the study report (Markdown + HTML + claims.json) from a store or a runs.csv, without training."""
         from nclab.report import build_report  # noqa: PLC0415
 
+        write = not (as_json and out is None and source.suffix == ".csv")
         try:
-            rep = build_report(store_dir, out_dir=out)
+            rep = build_report(source, out_dir=out, write=write)
         except (FileNotFoundError, ValueError, RuntimeError) as exc:  # RuntimeError: StoreError (corrupt store)
             _fail(exc, getattr(exc, "exit_code", 2))
         except OSError as exc:

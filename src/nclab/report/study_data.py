@@ -1,80 +1,81 @@
-"""Study data from a results store: per-run rows, eligibility, per-cell aggregates, claims.
+"""Study data: one row per run (``runs.csv``), and the study's claims decided from those rows.
 
-A *cell* is ``(dataset, variant, loss, noise rate)``. ``dataset`` is the dataset name, with
-``-<N>c`` appended when the task has ``N != 2`` classes (the 10-class Fashion-MNIST cell is
-``fashion-mnist-10c``); ``variant`` is ``"main"``, ``"latent"`` (latent-class noise) or
-``"nobias"`` (a classifier without bias, ``model.classifier_bias: false``). H1/H2 use the
-main variant; H3 uses the noise-free runs of main and nobias, split by bias. Aggregates are mean and
-sample std (ddof=1) over seeds.
+The report is a function of the run table alone: :func:`runs_table` builds it from a results
+store (final records, ``features.npz``), :func:`write_runs_csv` / :func:`read_runs_csv` store
+it losslessly (floats are written as their shortest round-trip text), and
+:func:`decide_claims` turns it into claims. ``nclab report runs.csv --json`` therefore gives
+the same claims as the store it came from.
 
-Eligibility (which runs enter the verdicts; see ``docs/method.md``):
+A *cell* is ``(dataset, variant, noise rate)``. ``dataset`` is the dataset name, with
+``-<N>c`` appended when the task has ``N != 2`` classes (``fashion-mnist-10c``); ``variant``
+is ``"main"``, ``"latent"`` (latent-class noise) or ``"nobias"`` (a classifier without bias,
+``model.classifier_bias: false``).
 
-* ``diverged``: the run's outcome is ``"diverged"`` (non-finite loss or weights) — never used;
-* ``terminal``: the run reached the terminal phase. With a stop rule in its config
-  (``stop.train_acc``) that is ``terminal_epoch`` being set; without one (the official fixed-epoch
-  protocol, older runs) the final noisy-label train accuracy must be >= :data:`TERMINAL_ACC`;
-* otherwise ``not terminal``.
+Every run counts (see ``docs/method.md`` §5):
 
-Only ``terminal`` runs are *eligible*; the others are counted per cell and listed.
+* ``status`` is ``completed`` or ``diverged``; a diverged run leaves its pair out, counted;
+* ``terminal_epoch`` (first epoch from which the noisy-label train accuracy stayed >= 0.999,
+  empty = never) and ``reached_terminal`` are outcomes, used only for the sensitivity
+  analyses, never to select runs;
+* ``geometry`` classifies the run's final class means by the *clean* labels
+  (:func:`nclab.metrics.frames.classify_features`): orthogonal frame / dead class / other,
+  whatever the run's accuracy. It is a stratum.
 
-Metric conventions (all from the final record of a run):
+Metric columns (from the final record):
 
-* memorization and dilation are the normalized values (divided by the mean distance between
-  the clean training centroids), raw when a run lacks them;
-* ``test_dilation`` is the test-set dilation divided by the *training* clean-centroid distance
-  (``test.dilation / train.clean_centroid_distance``: one fixed scale per run), so CE and LS
-  compare on the same yardstick as their training features; ``test_dilation_raw`` is the raw
-  value. (The store's ``test.dilation_normalized`` divides by the distance between the test
-  centroids, which is unstable under noise; it is kept as ``test_dilation_testnorm`` only.)
-* ``dilation_official`` is ``train.dilation_std_official``: the mean over classes of the
-  per-class std of the clean samples' distances to their centroid (the official code's
-  dilation), normalized by the same training scale when present;
-* the simplex-ETF error of the class means is left out for ``N = 2`` (for two classes the
-  centred means are always antipodal: the number carries no information).
+* ``memorization`` / ``dilation``: normalized by the mean distance between the clean training
+  centroids (``*_raw``: unnormalized);
+* ``test_dilation``: test-set dilation divided by the *training* clean-centroid distance of
+  the same run (one fixed scale per run); ``test_dilation_raw`` is the raw value;
+* ``dilation_official``: mean over classes of the per-class std of the clean samples'
+  distances to their centroid (the official code's dilation), on the same training scale;
+* ``etf_error`` is left empty for ``N = 2`` (two centred means are always antipodal).
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
 from nclab.store.index import RunStore
 
-__all__ = ["METRICS", "TERMINAL_ACC", "STUDY_SWEEP_PREFIX", "load_records", "aggregate", "fit_line", "md_keys",
-           "eligible", "is_study_store", "cell_counts", "excluded_runs", "add_geometry", "decide_claims",
+__all__ = ["METRICS", "TERMINAL_ACC", "STUDY_SWEEP_PREFIX", "COLUMNS", "runs_table", "write_runs_csv",
+           "read_runs_csv", "runs_csv_text", "aggregate", "fit_line", "is_study_store", "cell_counts",
            "geometry_counts"]
 
 TERMINAL_ACC = 0.999
 STUDY_SWEEP_PREFIX = "md-"
 
-#: report name -> (label, candidate final-metric keys in order of preference)
+#: report name -> (label, final-record keys in order of preference)
 METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "test_acc": ("test accuracy", ("test_acc", "test.accuracy")),
-    "memorization": ("memorization (normalized)", ("train.memorization_normalized", "train.memorization")),
-    "dilation": ("dilation (normalized)", ("train.dilation_normalized", "train.dilation")),
+    "memorization": ("memorization (normalized)", ("train.memorization_normalized",)),
+    "dilation": ("dilation (normalized)", ("train.dilation_normalized",)),
+    "memorization_raw": ("memorization (raw)", ("train.memorization",)),
+    "dilation_raw": ("dilation (raw)", ("train.dilation",)),
     "test_dilation": ("test dilation / train centroid distance", ()),  # computed, see module doc
     "test_dilation_raw": ("test dilation (raw)", ("test.dilation",)),
-    "test_dilation_testnorm": ("test dilation / test centroid distance", ("test.dilation_normalized",)),
     "dilation_official": ("dilation, official variant (mean per-class std, normalized)", ()),  # computed
     "nc1": ("NC1 (train)", ("train.nc1",)),
     "orth_error": ("orthogonal-frame error of class means (train)", ("train.nc2_orthogonal_error_means",)),
     "etf_error": ("simplex-ETF error of centred class means (train; N > 2 only)", ("train.nc2_etf_error_means",)),
-    "realized_rate": ("realized noise rate", ("train.realized_noise_rate",)),
-    "train_acc_clean": ("train accuracy vs clean labels", ("train.accuracy_clean", "train_acc_clean")),
     "train_acc_noisy": ("train accuracy vs noisy labels", ("train_acc_noisy",)),
+    "train_acc_clean": ("train accuracy vs clean labels", ("train.accuracy_clean", "train_acc_clean")),
 }
 
-
-def md_keys(records: list[dict[str, Any]]) -> dict[str, str]:
-    """Which final keys fed ``memorization``/``dilation`` (normalized or raw)."""
-    out = {}
-    for m in ("memorization", "dilation"):
-        # rate-0 runs have no noisy samples (memorization None): take the first run that has it
-        out[m] = next((r["_keys"][m] for r in records if m in r["_keys"]), "n/a")
-    return out
+#: the columns of runs.csv and their types (every quantity the report uses)
+COLUMNS: dict[str, type] = {
+    "hash": str, "dataset": str, "classes": int, "variant": str, "loss": str, "alpha": float,
+    "noise_kind": str, "noise_rate": float, "realized_noise": float, "seed": int, "status": str,
+    "epochs": int, "final_lr": float, "terminal_epoch": int, "reached_terminal": bool, "geometry": str,
+    "bias": bool, "max_cos": float, "norm_ratio": float,
+    **{m: float for m in METRICS},
+}
 
 
 def _num(v: Any) -> float | None:
@@ -96,79 +97,164 @@ def _n_classes(ds_cfg: dict[str, Any]) -> int | None:
     return None
 
 
-def _status(cfg: dict[str, Any], fin: dict[str, Any], outcome: str | None, status: str | None = None) -> str:
-    if outcome == "diverged" or status == "diverged":
-        return "diverged"
-    stop = cfg.get("stop") or {}
-    if stop.get("train_acc") is not None:
-        return "terminal" if isinstance(fin.get("terminal_epoch"), int) else "not terminal"
-    acc = _num(fin.get("train_acc_noisy"))
-    return "terminal" if acc is not None and acc >= TERMINAL_ACC else "not terminal"
+def _geometry(run_dir: Path, n_classes: int | None) -> dict[str, Any]:
+    """The class means' geometry by the clean labels, from a run's ``features.npz``."""
+    from nclab.metrics.frames import classify_features  # noqa: PLC0415
+    from nclab.store.rundir import RunDir  # noqa: PLC0415
+
+    rd = RunDir(run_dir)
+    if not rd.has_features():
+        return {}
+    try:
+        f = rd.features()
+        labels = f["clean_labels"] if f.get("clean_labels") is not None else f["labels"]
+        g = classify_features(f["features"], labels, num_classes=n_classes)
+    except (OSError, ValueError, KeyError):
+        return {}
+    return {"geometry": g.kind, "max_cos": _num(g.max_abs_cos), "norm_ratio": _num(g.norm_ratio)}
 
 
-def load_records(store: RunStore | str | Path, *, sweep: str | None = None) -> list[dict[str, Any]]:
-    """One flat row per completed run (diverged and non-terminal included, flagged by
-    ``status`` and ``eligible``): dataset label, variant, loss, rate, seed, hash, classes,
-    terminal epoch, stop reason, duration and the :data:`METRICS` values (None when missing
-    or non-finite)."""
+def _row(store: RunStore, row: dict[str, Any]) -> dict[str, Any]:
+    cfg, fin = row["config"], row["final"] or {}
+    noise, ds, model = cfg.get("noise") or {}, cfg.get("dataset") or {}, cfg.get("model") or {}
+    n_cls = _n_classes(ds)
+    name = ds.get("name", "?")
+    diverged = row.get("outcome") == "diverged" or row.get("status") == "diverged"
+    te = fin.get("terminal_epoch")
+    te = te if isinstance(te, int) and not isinstance(te, bool) else None
+    if te is None and not (cfg.get("terminal_acc") or (cfg.get("stop") or {}).get("train_acc")):
+        # a run that recorded no terminal phase (the fixed-epoch protocol): judged at its last epoch
+        acc = _num(fin.get("train_acc_noisy"))
+        te = fin.get("epoch") if acc is not None and acc >= TERMINAL_ACC else None
+    rec: dict[str, Any] = {
+        "hash": row["hash"],
+        "dataset": name if n_cls in (None, 2) else f"{name}-{n_cls}c",
+        "classes": n_cls,
+        "variant": ("latent" if float(noise.get("latent_fraction") or 0) > 0
+                    else "nobias" if model.get("classifier_bias") is False else "main"),
+        "loss": (cfg.get("loss") or {}).get("name", "?"),
+        "alpha": _num((cfg.get("loss") or {}).get("alpha")),
+        "noise_kind": noise.get("kind"),
+        "noise_rate": float(noise.get("rate") or 0.0),
+        "realized_noise": _num(fin.get("train.realized_noise_rate")),
+        "seed": int(cfg.get("seed", 0)),
+        "status": "diverged" if diverged else "completed",
+        "epochs": fin.get("epoch") if isinstance(fin.get("epoch"), int) else None,
+        "final_lr": _num(fin.get("lr")),
+        "terminal_epoch": None if diverged else te,
+        "reached_terminal": (not diverged) and te is not None,
+        "geometry": None, "bias": model.get("classifier_bias", True) is not False,
+        "max_cos": None, "norm_ratio": None,
+    }
+    if rec["realized_noise"] is None and rec["noise_rate"] == 0:
+        rec["realized_noise"] = 0.0
+    for m, (_, keys) in METRICS.items():
+        rec[m] = next((_num(fin.get(k)) for k in keys if _num(fin.get(k)) is not None), None)
+    scale = _num(fin.get("train.clean_centroid_distance"))
+    if rec["test_dilation_raw"] is not None and scale:
+        rec["test_dilation"] = rec["test_dilation_raw"] / scale
+    off = _num(fin.get("train.dilation_std_official"))
+    if off is not None and scale:
+        rec["dilation_official"] = off / scale
+    if n_cls == 2:
+        rec["etf_error"] = None
+    if not diverged:
+        rec.update(_geometry(store.run_dir(row["hash"]), n_cls))
+    return rec
+
+
+def runs_table(store: RunStore | str | Path, *, sweep: str | None = None) -> list[dict[str, Any]]:
+    """One row per completed or diverged run (:data:`COLUMNS`), sorted by (dataset, variant,
+    noise rate, seed, loss). With ``sweep=None`` on a study store: the study's runs only (not
+    the search trials stored beside them)."""
     if not isinstance(store, RunStore):
         store = RunStore(store, create=False)
-    rows = store.rows(status="completed", sweep=sweep)
-    try:  # stores that report diverged runs under their own status
-        rows += store.rows(status="diverged", sweep=sweep)
-    except ValueError:
-        pass
+    sweeps = [sweep] if sweep is not None else ([s for s in store.sweeps() if s.startswith(STUDY_SWEEP_PREFIX)] or [None])
+    seen: set[str] = set()
     out = []
-    for row in rows:
-        cfg, fin = row["config"], row["final"] or {}
-        noise = cfg.get("noise") or {}
-        ds = cfg.get("dataset") or {}
-        n_cls = _n_classes(ds)
-        name = ds.get("name", "?")
-        status = _status(cfg, fin, row.get("outcome"), row.get("status"))
-        rec: dict[str, Any] = {
-            "hash": row["hash"],
-            "dataset": name if n_cls in (None, 2) else f"{name}-{n_cls}c",
-            "classes": n_cls,
-            "variant": ("latent" if float(noise.get("latent_fraction") or 0) > 0
-                        else "nobias" if (cfg.get("model") or {}).get("classifier_bias") is False else "main"),
-            "loss": (cfg.get("loss") or {}).get("name", "?"),
-            "rate": float(noise.get("rate") or 0.0),
-            "noise_kind": noise.get("kind"),
-            "seed": int(cfg.get("seed", 0)),
-            "outcome": row.get("outcome"),
-            "status": status,
-            "eligible": status == "terminal",
-            "terminal_epoch": fin.get("terminal_epoch") if isinstance(fin.get("terminal_epoch"), int) else None,
-            "stop_reason": fin.get("stop_reason"),
-            "epochs_run": fin.get("epoch"),
-            "duration": _num(row.get("duration")),
-            "_keys": {},
-        }
-        for name_, (_, keys) in METRICS.items():
-            rec[name_] = None
-            for k in keys:
-                if _num(fin.get(k)) is not None:
-                    rec[name_] = _num(fin.get(k))
-                    rec["_keys"][name_] = k
-                    break
-        scale = _num(fin.get("train.clean_centroid_distance"))
-        if rec["test_dilation_raw"] is not None and scale:
-            rec["test_dilation"] = rec["test_dilation_raw"] / scale
-            rec["_keys"]["test_dilation"] = "test.dilation / train.clean_centroid_distance"
-        off = _num(fin.get("train.dilation_std_official"))
-        if off is not None:
-            rec["dilation_official"] = off / scale if scale else off
-            rec["_keys"]["dilation_official"] = "train.dilation_std_official" + (" / train.clean_centroid_distance" if scale else "")
-        if n_cls == 2:  # no information for two classes (module doc)
-            rec["etf_error"] = None
-        out.append(rec)
+    for sw in sweeps:
+        rows = store.rows(status="completed", sweep=sw)
+        try:  # stores that report diverged runs under their own status
+            rows += store.rows(status="diverged", sweep=sw)
+        except ValueError:
+            pass
+        for row in rows:
+            if row["hash"] in seen:
+                continue
+            seen.add(row["hash"])
+            out.append(_row(store, row))
+    out.sort(key=lambda r: (r["dataset"], r["variant"], r["noise_rate"], r["seed"], r["loss"], r["hash"]))
     return out
 
 
-def eligible(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The runs that enter verdicts: terminal phase reached, not diverged."""
-    return [r for r in records if r.get("eligible")]
+def _cell_text(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        return repr(v)  # shortest text that reads back to the same float
+    return str(v)
+
+
+def runs_csv_text(rows: Iterable[dict[str, Any]]) -> str:
+    """The rows as CSV text (:data:`COLUMNS`, in order; empty cell = missing)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(list(COLUMNS))
+    for r in rows:
+        w.writerow([_cell_text(r.get(c)) for c in COLUMNS])
+    return buf.getvalue()
+
+
+def write_runs_csv(rows: Iterable[dict[str, Any]], path: str | Path) -> Path:
+    """Write ``rows`` to ``path`` atomically; returns the path."""
+    from nclab.store.files import atomic_write_text  # noqa: PLC0415
+
+    path = Path(path)
+    atomic_write_text(path, runs_csv_text(rows))
+    return path
+
+
+def _parse(v: str, typ: type, *, col: str, line: int, path: Path) -> Any:
+    if v == "":
+        return None
+    try:
+        if typ is bool:
+            if v not in ("true", "false"):
+                raise ValueError(v)
+            return v == "true"
+        if typ is int:
+            return int(v)
+        if typ is float:
+            f = float(v)
+            return f if math.isfinite(f) else None
+    except ValueError:
+        raise ValueError(f"{path}, line {line}: column {col!r} should be {typ.__name__}, got {v!r}") from None
+    return v
+
+
+def read_runs_csv(path: str | Path) -> list[dict[str, Any]]:
+    """Read a ``runs.csv`` written by :func:`write_runs_csv` (exact round trip). Missing
+    required columns or a malformed value are a ``ValueError`` naming the file and line."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    reader = csv.DictReader(io.StringIO(text))
+    cols = reader.fieldnames or []
+    required = ("dataset", "variant", "loss", "noise_rate", "seed", "status")
+    missing = [c for c in required if c not in cols]
+    if missing:
+        raise ValueError(f"{path}: not a study runs table (missing column(s) {', '.join(missing)})")
+    out = []
+    for i, raw in enumerate(reader, start=2):
+        out.append({c: _parse(raw.get(c) or "", COLUMNS.get(c, str), col=c, line=i, path=path)
+                    for c in cols if c is not None})
+    if not out:
+        raise ValueError(f"{path}: the runs table has no runs")
+    return out
 
 
 def is_study_store(store: RunStore) -> bool:
@@ -176,72 +262,41 @@ def is_study_store(store: RunStore) -> bool:
     return any(s.startswith(STUDY_SWEEP_PREFIX) for s in store.sweeps())
 
 
-def cell_counts(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per cell: runs, terminal / not terminal / diverged counts, median terminal epoch."""
+def cell_counts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (dataset, variant, loss, noise rate): runs, diverged, reached the terminal phase,
+    median terminal epoch, mean realized noise, and the geometry counts."""
+    from nclab.metrics.frames import KINDS  # noqa: PLC0415
+
     groups: dict[tuple, list[dict[str, Any]]] = {}
-    for r in records:
-        groups.setdefault((r["dataset"], r["variant"], r["loss"], r["rate"]), []).append(r)
+    for r in rows:
+        groups.setdefault((r["dataset"], r["variant"], r["loss"], r["noise_rate"]), []).append(r)
     out = []
     for (ds, var, loss, rate), rs in sorted(groups.items()):
-        te = [r["terminal_epoch"] for r in rs if r["terminal_epoch"] is not None]
-        out.append({"dataset": ds, "variant": var, "loss": loss, "rate": rate, "runs": len(rs),
-                    "terminal": sum(r["status"] == "terminal" for r in rs),
-                    "not_terminal": sum(r["status"] == "not terminal" for r in rs),
+        te = [r["terminal_epoch"] for r in rs if r.get("terminal_epoch") is not None]
+        eta = [r["realized_noise"] for r in rs if r.get("realized_noise") is not None]
+        out.append({"dataset": ds, "variant": var, "loss": loss, "noise_rate": rate,
+                    "realized_noise": float(np.mean(eta)) if eta else None, "runs": len(rs),
                     "diverged": sum(r["status"] == "diverged" for r in rs),
-                    "median_terminal_epoch": float(np.median(te)) if te else None})
+                    "reached_terminal": sum(bool(r.get("reached_terminal")) for r in rs),
+                    "median_terminal_epoch": float(np.median(te)) if te else None,
+                    **{k: sum(r.get("geometry") == k for r in rs) for k in KINDS},
+                    "no_geometry": sum(r.get("geometry") is None for r in rs)})
     return out
 
 
-def excluded_runs(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The runs left out of the verdicts, with why."""
-    return [{k: r.get(k) for k in ("hash", "dataset", "variant", "loss", "rate", "seed", "status", "stop_reason",
-                                   "epochs_run", "train_acc_noisy")}
-            for r in records if not r.get("eligible")]
-
-
-def add_geometry(store: RunStore, records: list[dict[str, Any]], *, thresholds: Any = None) -> None:
-    """Classify each run's final class means (of the saved training features, grouped by the
-    training labels) with :func:`nclab.metrics.frames.classify_features`; sets ``frame``
-    (kind or None without ``features.npz``), ``frame_detail`` and ``bias`` (whether the
-    classifier has a bias vector) on each record in place."""
-    from nclab.metrics.frames import classify_features  # noqa: PLC0415
-    from nclab.store.rundir import RunDir  # noqa: PLC0415
-
-    for r in records:
-        r["frame"], r["frame_detail"], r["bias"] = None, None, None
-        rd = RunDir(store.run_dir(r["hash"]))
-        if not rd.has_features():
-            continue
-        try:
-            f = rd.features()
-            g = classify_features(f["features"], f["labels"], thresholds=thresholds)
-        except (OSError, ValueError, KeyError) as exc:
-            r["frame_detail"] = {"error": str(exc)}
-            continue
-        r["frame"], r["frame_detail"] = g.kind, g.to_dict()
-        r["bias"] = f.get("b") is not None
-
-
-def geometry_counts(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per cell (eligible runs with features): how many reached each geometry."""
-    from nclab.metrics.frames import KINDS  # noqa: PLC0415
-
-    groups: dict[tuple, list[str]] = {}
-    for r in eligible(records):
-        if r.get("frame") is None:
-            continue
-        groups.setdefault((r["dataset"], r["loss"], r["rate"], bool(r.get("bias"))), []).append(r["frame"])
-    return [{"dataset": ds, "loss": loss, "rate": rate, "bias": b, "runs": len(v), **{k: v.count(k) for k in KINDS}}
-            for (ds, loss, rate, b), v in sorted(groups.items())]
+def geometry_counts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (dataset, variant, loss, noise rate): every run's geometry (none left out)."""
+    return [{k: c[k] for k in ("dataset", "variant", "loss", "noise_rate", "realized_noise", "runs",
+                               "orthogonal frame", "dead class", "other", "no_geometry")} for c in cell_counts(rows)]
 
 
 def aggregate(records: list[dict[str, Any]], metric: str) -> dict[tuple, dict[str, float]]:
-    """``{(dataset, variant, loss, rate): {mean, std, n}}`` over seeds (std: ddof 1; 0 if n=1)."""
+    """``{(dataset, variant, loss, noise rate): {mean, std, n}}`` over seeds (std: ddof 1; 0 if n=1)."""
     groups: dict[tuple, list[float]] = {}
     for r in records:
         if r.get(metric) is None:
             continue
-        groups.setdefault((r["dataset"], r["variant"], r["loss"], r["rate"]), []).append(r[metric])
+        groups.setdefault((r["dataset"], r["variant"], r["loss"], r["noise_rate"]), []).append(r[metric])
     out = {}
     for k, vals in sorted(groups.items()):
         a = np.asarray(vals, dtype=float)
@@ -251,7 +306,7 @@ def aggregate(records: list[dict[str, Any]], metric: str) -> dict[tuple, dict[st
 
 def fit_line(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
     """Least squares ``y = a + b x``; R² = 1 - SS_res/SS_tot (descriptive only: the verdicts
-    use slopes with bootstrap intervals, :mod:`nclab.report.verdicts`)."""
+    use per-seed slopes, :mod:`nclab.report.study_claims`)."""
     x, y = np.asarray(x, float), np.asarray(y, float)
     if x.size < 3 or np.ptp(x) == 0:
         return {"slope": math.nan, "intercept": math.nan, "r2": math.nan, "n": int(x.size)}
@@ -262,52 +317,3 @@ def fit_line(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
     return {"slope": float(b), "intercept": float(a), "r2": r2, "n": int(x.size)}
 
 
-#: claim id -> statement (what "held" means)
-STATEMENTS: dict[str, str] = {
-    "H1-ce": "CE: dilation grows with memorization across noise rates (slope > 0)",
-    "H1-ls": "LS: dilation grows with memorization across noise rates (slope > 0)",
-    "H2-dilation": "at equal noise, LS ends with less training dilation than CE (LS - CE < 0)",
-    "H2-test-dilation": "at equal noise, LS ends with less test dilation than CE (LS - CE < 0; train-centroid scale)",
-    "H2-test-acc": "at equal noise, LS has higher test accuracy than CE (LS - CE > 0)",
-    "H2-slope": "LS has a lower memorization-to-dilation slope than CE (slope LS - slope CE < 0)",
-    "H3-bias": "without noise, the class means form an orthogonal frame (classifier with bias; fraction of runs > 0.5)",
-    "H3-nobias": "without noise, the class means form an orthogonal frame (classifier without bias; fraction > 0.5)",
-    "Q-memorization": "(open question, not a claim) at equal noise LS memorizes less than CE (LS - CE < 0)",
-}
-
-
-def decide_claims(records: list[dict[str, Any]], *, seed: int = 0) -> list[Any]:
-    """Every claim's :class:`nclab.report.verdicts.ClaimResult`, from the eligible runs of the
-    main variant (binary and multi-class cells alike; each claim's cells are in its result).
-
-    The bootstrap uses ``numpy.random.default_rng(seed)``, one generator passed through in a
-    fixed claim order, so a report is reproducible.
-    """
-    from nclab.metrics.frames import FRAME  # noqa: PLC0415
-    from nclab.report import verdicts as V  # noqa: PLC0415
-
-    rng = np.random.default_rng(seed)
-    rows = [r for r in eligible(records) if r["variant"] == "main"]
-    noisy = lambda c: c[2] > 0  # noqa: E731
-    out = [
-        V.slope_claim("H1-ce", STATEMENTS["H1-ce"], rows, loss="ce", x="memorization", y="dilation", rng=rng),
-        V.slope_claim("H1-ls", STATEMENTS["H1-ls"], rows, loss="ls", x="memorization", y="dilation", rng=rng),
-        V.paired_claim("H2-dilation", STATEMENTS["H2-dilation"], rows, "dilation", direction="less", rng=rng, cells=noisy),
-        V.paired_claim("H2-test-dilation", STATEMENTS["H2-test-dilation"], rows, "test_dilation", direction="less",
-                       rng=rng, cells=noisy),
-        V.paired_claim("H2-test-acc", STATEMENTS["H2-test-acc"], rows, "test_acc", direction="greater", rng=rng,
-                       cells=noisy),
-        V.slope_difference_claim("H2-slope", STATEMENTS["H2-slope"], rows, x="memorization", y="dilation", rng=rng),
-    ]
-    clean = [r for r in eligible(records) if r["variant"] in ("main", "nobias") and r["rate"] == 0]
-    for cid, want in (("H3-bias", True), ("H3-nobias", False)):
-        runs = [r for r in clean if r.get("frame") is not None and bool(r.get("bias")) == want]
-        k = sum(r["frame"] == FRAME for r in runs)
-        cells = geometry_counts([r for r in records if r["rate"] == 0 and bool(r.get("bias")) == want])
-        reason = ("no noise-free runs with saved features" + (" and a classifier bias" if want else " without a classifier bias")
-                  if not runs else "")
-        out.append(V.fraction_claim(cid, STATEMENTS[cid], k, len(runs), quantity="fraction of noise-free runs whose "
-                                    "class means form an orthogonal frame", reason=reason, cells=cells))
-    out.append(V.paired_claim("Q-memorization", STATEMENTS["Q-memorization"], rows, "memorization", direction="less",
-                              rng=rng, cells=noisy))
-    return out
