@@ -140,14 +140,14 @@ def test_runs_csv_round_trips_exactly(tmp_path):
 
 
 def test_every_pair_counts_and_h3_counts_every_noise_free_run(tmp_path):
-    from nclab.report import build_report
+    from nclab.report.study_report import study_summary
 
-    rep = build_report(_fabricate(tmp_path / "s", seeds=6, dead_seed=2).root)
-    claims = {c["id"]: c for c in rep.summary["claims"]}
+    rows = runs_table(_fabricate(tmp_path / "s", seeds=6, dead_seed=2))
+    summary, _ = study_summary(rows)
+    claims = {c["id"]: c for c in summary["claims"]}
     for c in claims.values():
         for k in HEADLINE_KEYS:
             assert k in c, (c["id"], k)
-    rows = read_runs_csv(rep.out_dir / "runs.csv")
     for cid, variant in (("H3-bias", "main"), ("H3-nobias", "nobias")):
         assert claims[cid]["n_runs"] == sum(r["variant"] == variant and r["noise_rate"] == 0 for r in rows)
     # the dead-class seed stays in: 5 of 6 seeds orthogonal without a bias (the old filter dropped it)
@@ -164,10 +164,6 @@ def test_every_pair_counts_and_h3_counts_every_noise_free_run(tmp_path):
     assert claims["H2-slope-digits"]["verdict"] == "held"  # LS slope 0.3 vs CE 0.8
     for c in claims.values():
         assert c["verdict_holm"] in ("held", "did not hold", "inconclusive", "insufficient data")
-    md = rep.markdown.read_text()
-    assert "Holm" in md and "exploratory" in md and "η (p)" in md and "n/a" not in md
-    for f in rep.figures:
-        assert f.read_bytes()[:8] == PNG
 
 
 def test_report_from_runs_csv_gives_the_same_claims(tmp_path):
@@ -176,6 +172,11 @@ def test_report_from_runs_csv_gives_the_same_claims(tmp_path):
     rep = build_report(_fabricate(tmp_path / "s", seeds=5, dead_seed=1).root, out_dir=tmp_path / "out")
     claims = json.loads((tmp_path / "out" / "claims.json").read_text())
     assert claims == rep.summary
+    md = rep.markdown.read_text()
+    assert "Holm" in md and "exploratory" in md and "η (p)" in md and "n/a" not in md
+    assert any(f.name == "digits_features_ce.png" for f in rep.figures)
+    for f in rep.figures:
+        assert f.read_bytes()[:8] == PNG
     res = _cli(["report", str(tmp_path / "out" / "runs.csv"), "--json"])
     assert res.exit_code == 0, res.output
     assert json.loads(res.output) == claims
@@ -188,7 +189,7 @@ def test_report_from_runs_csv_gives_the_same_claims(tmp_path):
 def test_too_few_seeds_is_insufficient_never_a_verdict(tmp_path):
     from nclab.report import build_report
 
-    rep = build_report(_fabricate(tmp_path / "s", seeds=3).root)
+    rep = build_report(_fabricate(tmp_path / "s", seeds=3).root, write=False)
     for c in rep.summary["claims"]:
         assert c["verdict"] == "insufficient data", c["id"]
         assert c["verdict_holm"] == "insufficient data"
@@ -217,5 +218,5 @@ def test_study_report_leaves_out_search_trials(tmp_path):
     st = _fabricate(tmp_path / "s", seeds=1)
     _put(st, Owner(), "trial", {"seed": 0, "dataset": {"name": "digits", "classes": 2}, "loss": {"name": "ce"},
                                 "noise": {"kind": "symmetric_all", "rate": 0.2}}, {"test_acc": 0.5}, sweep="search-x")
-    rep = build_report(tmp_path / "s")
+    rep = build_report(tmp_path / "s", write=False)
     assert rep.summary["runs"]["total"] == 1 * 3 * 2 + 2 + 2

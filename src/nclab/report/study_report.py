@@ -193,23 +193,15 @@ def study_summary(rows: Sequence[dict[str, Any]], *, out_dir: Path | None = None
 
     A function of ``rows`` alone (the model-vs-runs bootstrap is seeded)."""
     from nclab.report.study_claims import decide_claims  # noqa: PLC0415
+    from nclab.report.model_vs_runs import section  # noqa: PLC0415
     from nclab.report.study_data import cell_counts  # noqa: PLC0415
 
     claims = decide_claims(rows)
-    mvr = None
-    import inspect  # noqa: PLC0415
-
-    from nclab.report.model_vs_runs import section  # noqa: PLC0415
-
-    if "seed" not in inspect.signature(section).parameters:  # TEMP until the fair M-D test lands
-        section = None
-    mvr_md = None
-    if section is not None:
-        if out_dir is None:
-            with tempfile.TemporaryDirectory() as tmp:
-                mvr_md, mvr = section(list(rows), Path(tmp), seed=SEED)
-        else:
-            mvr_md, mvr = section(list(rows), out_dir, seed=SEED)
+    if out_dir is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            mvr_md, mvr = section(list(rows), Path(tmp), seed=SEED)
+    else:
+        mvr_md, mvr = section(list(rows), out_dir, seed=SEED)
     n = len(rows)
     summary = {
         "study": "memorization-dilation",
