@@ -17,9 +17,9 @@ Every run counts (see ``docs/method.md`` §5):
 * ``terminal_epoch`` (first epoch from which the noisy-label train accuracy stayed >= 0.999,
   empty = never) and ``reached_terminal`` are outcomes, used only for the sensitivity
   analyses, never to select runs;
-* ``geometry`` classifies the run's final class means by the *clean* labels
-  (:func:`nclab.metrics.frames.classify_features`): orthogonal frame / dead class / other,
-  whatever the run's accuracy. It is a stratum.
+* ``geometry`` classifies the run's final clean centroids (the class means of its correctly
+  labelled training samples; :func:`nclab.metrics.frames.classify_features`): orthogonal
+  frame / dead class / other, whatever the run's accuracy. It is a stratum.
 
 Metric columns (from the final record):
 
@@ -98,7 +98,8 @@ def _n_classes(ds_cfg: dict[str, Any]) -> int | None:
 
 
 def _geometry(run_dir: Path, n_classes: int | None) -> dict[str, Any]:
-    """The class means' geometry by the clean labels, from a run's ``features.npz``."""
+    """The geometry of a run's clean centroids (the class means of its correctly labelled
+    samples, so memorized samples do not pull the means together), from ``features.npz``."""
     from nclab.metrics.frames import classify_features  # noqa: PLC0415
     from nclab.store.rundir import RunDir  # noqa: PLC0415
 
@@ -107,8 +108,11 @@ def _geometry(run_dir: Path, n_classes: int | None) -> dict[str, Any]:
         return {}
     try:
         f = rd.features()
-        labels = f["clean_labels"] if f.get("clean_labels") is not None else f["labels"]
-        g = classify_features(f["features"], labels, num_classes=n_classes)
+        feats, labels = f["features"], f["labels"]
+        if f.get("clean_labels") is not None:  # the clean centroids: correctly labelled samples only
+            keep = f["clean_labels"] == labels
+            feats, labels = feats[keep], labels[keep]
+        g = classify_features(feats, labels, num_classes=n_classes)
     except (OSError, ValueError, KeyError):
         return {}
     return {"geometry": g.kind, "max_cos": _num(g.max_abs_cos), "norm_ratio": _num(g.norm_ratio)}

@@ -232,9 +232,15 @@ def _claims_md(claims: list[dict]) -> list[str]:
         rows.append([c["id"], c["verdict"], c["verdict_holm"], _fmt(c["estimate"]), _ci(c["ci"]), _fmt(c["n_seeds"]),
                      _fmt(c["n_pairs"]), str(c["n_excluded"]), sens])
     out = [_md_table(head, rows), ""]
-    out += ["Statements:", ""] + [f"* `{c['id']}`: {c['statement']}. Estimate: {c['quantity']}"
-                                  + (f"; {c['weights']}" if c.get("weights") else "")
-                                  + (f". {c['reason']}" if c.get("reason") else "") + "." for c in claims]
+    extra = [[c["id"], s["what"], _fmt(s.get("n_seeds")), _fmt(s.get("estimate")), _ci(s.get("ci")), s.get("verdict", "–")]
+             for c in claims if (s := c.get("secondary"))]
+    if extra:
+        out += ["Secondary estimates (each under the extra assumption it states; not part of the family):", "",
+                _md_table(["claim", "variant", "seeds", "estimate", "95% CI", "verdict"], extra), ""]
+    out += ["Statements:", ""] + ["* " + _md_text(f"{c['id']}: {c['statement']}. Estimate: {c['quantity']}"
+                                                  + (f"; {c['weights']}" if c.get("weights") else "")
+                                                  + (f". {c['reason']}" if c.get("reason") else "") + ".")
+                                  for c in claims]
     return out
 
 
@@ -273,7 +279,7 @@ def _counts_md(cells: list[dict]) -> list[str]:
     return ["## Every run: terminal phase and geometry per cell", "",
             "Every run of every cell, the noisy ones included. *Reached terminal*: the noisy-label train accuracy "
             "stayed ≥ 0.999 from some epoch to the end (its median first epoch beside); an outcome, never a filter. "
-            "Geometry of the final class means by the clean labels (orthogonal frame: every pair's |cos| ≤ 0.1 and "
+            "Geometry of the final clean centroids, the class means of the correctly labelled samples (orthogonal frame: every pair's |cos| ≤ 0.1 and "
             "norms within a ratio 0.8; dead class: a mean's norm ≤ 0.1 × the largest; other otherwise).", "",
             _md_table(head, rows), ""]
 

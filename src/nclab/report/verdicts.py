@@ -202,6 +202,7 @@ class ClaimResult:
     claim concerns; ``n_excluded``: pairs (or runs, or seeds) of the claim's cells left out,
     with ``reason`` saying why. ``sensitivity``: the same claim on the pairs where both runs
     reached the terminal phase. ``strata``: the same claim within geometry strata.
+    ``secondary``: a labelled variant of the estimate under a stated extra assumption.
     ``cells``: exploratory per-cell results (no multiplicity control).
     """
 
@@ -224,6 +225,7 @@ class ClaimResult:
     weights: str = ""
     sensitivity: dict[str, Any] | None = None
     strata: dict[str, Any] | None = None
+    secondary: dict[str, Any] | None = None
     cells: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
