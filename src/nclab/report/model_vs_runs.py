@@ -390,15 +390,6 @@ def section(rows: Sequence[dict[str, Any]], out_dir: str | Path, *, seed: int = 
     info.update({"pairs_total": pair_total, "pairs_used": len(pairs),
                  "pairs_left_out": dict(sorted(pair_left.items(), key=lambda kv: (-kv[1], kv[0])))})
     notes: list[str] = []
-    kept = {r["dataset"] for r in used}
-    noisy_by: dict[str, Counter] = defaultdict(Counter)
-    for r in rows:
-        p = _num(r.get("noise_rate"))
-        if r.get("variant") == "main" and p is not None and p > 0 and str(r.get("dataset")) not in kept:
-            noisy_by[str(r.get("dataset"))][r.get("geometry") or "not classified"] += 1
-    for ds, geo in sorted(noisy_by.items()):
-        notes.append(f"{ds}: no noisy run kept (geometry of its {sum(geo.values())} noisy main-variant runs: "
-                     + ", ".join(f"{g} {n}" for g, n in sorted(geo.items())) + "); the model is not tested on it")
     results = []
     rng = np.random.default_rng(seed)
     for ds in sorted({r["dataset"] for r in used}):
