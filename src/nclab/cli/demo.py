@@ -44,8 +44,8 @@ def register(app: typer.Typer) -> None:
         if as_json:
             print(json.dumps(res.to_dict(), indent=2))
             return
-        console.print(f"training: {res.training_seconds:.1f} s ({2 * res.pairs} runs stacked, {res.epochs} epochs "
-                      f"each, cosine-annealed)", highlight=False)
+        console.print(f"training: {res.training_seconds:.1f} s wall, {res.training_cpu_seconds:.1f} s CPU "
+                      f"({2 * res.pairs} runs stacked, {res.epochs} epochs each, cosine-annealed)", highlight=False)
         table = Table(title=f"{dataset}, final epoch: means over {res.pairs} seeds, paired LS − CE with its 95 % "
                             f"t-interval, seeds where LS is better (higher accuracy, lower otherwise)",
                       title_justify="left")
