@@ -53,14 +53,15 @@ DEMO_DATASETS: dict[str, dict[str, Any]] = {
 }
 
 DEMO_METRICS: list[tuple[str, str, str, str]] = [
-    # (name in --json, short label, metrics.jsonl key, which direction is better)
+    # (name in --json, short label, metrics.jsonl key, which direction is better);
+    # "(n.)": divided by the distance between the clean class centroids
     ("test_accuracy", "test accuracy", "test_acc", "higher"),
     ("train_accuracy_clean", "train acc. (clean)", "train_acc_clean", "higher"),
     ("memorization", "memorization", "train.memorization", "lower"),
     ("dilation", "dilation", "train.dilation", "lower"),
-    ("memorization_normalized", "memorization (norm.)", "train.memorization_normalized", "lower"),
-    ("dilation_normalized", "dilation (norm.)", "train.dilation_normalized", "lower"),
-    ("test_dilation_normalized", "test dilation (norm.)", "test.dilation_normalized", "lower"),
+    ("memorization_normalized", "memorization (n.)", "train.memorization_normalized", "lower"),
+    ("dilation_normalized", "dilation (n.)", "train.dilation_normalized", "lower"),
+    ("test_dilation_normalized", "test dilation (n.)", "test.dilation_normalized", "lower"),
     ("nc1", "NC1", "train.nc1", "lower"),
     ("nc2_orthogonal_error", "NC2 frame error", "train.nc2_orthogonal_error_means", "lower"),
 ]

@@ -44,17 +44,18 @@ def register(app: typer.Typer) -> None:
         if as_json:
             print(json.dumps(res.to_dict(), indent=2))
             return
-        console.print(f"training: {res.training_seconds:.1f} s wall, {res.training_cpu_seconds:.1f} s CPU "
-                      f"({2 * res.pairs} runs stacked, {res.epochs} epochs each, cosine-annealed)", highlight=False)
+        console.print(f"training: {res.training_seconds:.1f} s wall, {res.training_cpu_seconds:.1f} s CPU; "
+                      f"{2 * res.pairs} runs stacked, {res.epochs} epochs, cosine", highlight=False)
         table = Table(title=f"{dataset}, final epoch: means over {res.pairs} seeds, paired LS − CE with its 95 % "
-                            f"t-interval, seeds where LS is better (higher accuracy, lower otherwise)",
+                            f"t-interval, seeds in which LS wins (higher accuracy, lower otherwise); (n.): divided by the "
+                            f"clean-centroid distance",
                       title_justify="left")
         table.add_column("metric", style="cyan")
         table.add_column("CE", justify="right")
         table.add_column(f"LS({alpha:g})", justify="right")
         table.add_column("LS − CE", justify="right")
         table.add_column("95 % interval", justify="right", no_wrap=True)
-        table.add_column("LS better", justify="right")
+        table.add_column("LS wins", justify="right")
         for d in res.differences:
             dd = d.to_dict()
             table.add_row(d.label, fmt(dd["ce_mean"]), fmt(dd["ls_mean"]), f"{d.estimate:+.4f}", _interval(d.ci),
