@@ -23,9 +23,10 @@ def test_reproduce_tiny_end_to_end(tmp_path):
     assert res.exit_code == 0, res.output
     assert "12 runs" in res.output and "12 completed now" in res.output
     md = (store / "report" / "report.md").read_text()
-    for h in ("H1-ce", "H2-dilation", "H3-bias"):  # 2 seeds: every claim is "insufficient data"
-        assert f"| {h} | insufficient data |" in md
-    assert "Terminal phase per cell" in md
+    for h in ("H1-ce-digits", "H2-dilation", "H3-bias"):  # 2 seeds: every claim is "insufficient data"
+        assert f"| {h} | insufficient data | insufficient data |" in md
+    assert "Every run: terminal phase and geometry per cell" in md
+    assert (store / "report" / "runs.csv").read_text().count("\n") == 12 + 1  # every run, one row each
     assert (store / "report" / "figures" / "digits_md_scatter.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # rerun: nothing is trained again; the report rebuilds from the store alone
     res2 = CliRunner().invoke(app, ["reproduce", "memorization-dilation", "--scale", "small", "--tiny", "--datasets", "digits",
@@ -34,4 +35,4 @@ def test_reproduce_tiny_end_to_end(tmp_path):
     (store / "report" / "report.md").unlink()
     res3 = CliRunner().invoke(app, ["report", str(store)])
     assert res3.exit_code == 0, res3.output
-    assert (store / "report" / "report.md").exists() and "H1-ce: insufficient data" in res3.output
+    assert (store / "report" / "report.md").exists() and "H1-ce-digits: insufficient data" in res3.output
