@@ -188,19 +188,10 @@ def register(app: typer.Typer) -> None:
             if p["loss"] == "focal":
                 p["gamma"] = p.pop("alpha")
         try:
-            from nclab.theory._solver import resolve_loss
+            from nclab.theory.md_model import validate_md_points
 
-            for name, val in losses:
-                resolve_loss(name, gamma=val) if name == "focal" else resolve_loss(name, alpha=val)
-            from nclab.theory._md_numpy import CONSTRAINTS
-            from nclab.theory.md_model import _check_md
-
-            for p in points:
-                _check_md(classes, per_class, p["eta"], p["expressivity"], lambda_w, lambda_h, 0.0, starts, None)
-            if constraint not in CONSTRAINTS:
-                raise ValueError(f"--constraint must be one of {', '.join(CONSTRAINTS)}; got {constraint!r}")
-            if constraint == "soft" and not penalty > 0:
-                raise ValueError(f"--penalty must be > 0; got {penalty}")
+            validate_md_points(points, losses=losses, num_classes=classes, per_class=per_class, lambda_w=lambda_w,
+                               lambda_h=lambda_h, starts=starts, constraint=constraint, penalty=penalty)
         except ValueError as exc:
             fail(str(exc))
         with Progress(TextColumn("[bold]M-D sweep"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

@@ -31,6 +31,8 @@ from typing import Any, Sequence
 import numpy as np
 from scipy import stats
 
+from nclab.report.study_data import finite_float
+
 __all__ = ["section", "select_runs", "t_interval", "MECHANISMS"]
 
 FIGURE = "model_vs_runs.png"
@@ -49,17 +51,6 @@ MECHANISMS = (
      "LS dilates more per unit of memorization", 1.0),
 )
 TEST_ERROR = ("test_error", "err_LS − err_CE", "LS has the lower test error", "LS has the higher test error", 0.0)
-
-
-def _num(v: Any) -> float | None:
-    """A finite float, or None (None, '', NaN, non-numbers)."""
-    if v is None or isinstance(v, bool):
-        return None
-    try:
-        x = float(v)
-    except (TypeError, ValueError):
-        return None
-    return x if math.isfinite(x) else None
 
 
 def t_interval(values: Sequence[float], *, level: float = LEVEL) -> tuple[float, tuple[float, float] | None]:
@@ -84,13 +75,13 @@ def select_runs(rows: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], d
         if r.get("variant") != "main":
             reasons["not the main variant (no-bias or latent runs)"] += 1
             continue
-        p = _num(r.get("noise_rate"))
+        p = finite_float(r.get("noise_rate"))
         if p is None or p <= 0:
             reasons["noise-free (the model needs mislabeled samples)"] += 1
             continue
         noisy_main += 1
         loss = r.get("loss")
-        eta, m, d = _num(r.get("realized_noise")), _num(r.get("memorization")), _num(r.get("dilation"))
+        eta, m, d = finite_float(r.get("realized_noise")), finite_float(r.get("memorization")), finite_float(r.get("dilation"))
         if loss not in ("ce", "ls"):
             why = f"loss {loss!r} (not CE or LS)"
         elif r.get("status") != "completed":
@@ -108,9 +99,9 @@ def select_runs(rows: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], d
         if why:
             reasons[why] += 1
             continue
-        acc = _num(r.get("test_acc"))
-        used.append({"dataset": str(r.get("dataset")), "classes": int(_num(r.get("classes")) or 2), "loss": loss,
-                     "alpha": _num(r.get("alpha")), "rate": p, "eta": eta, "seed": r.get("seed"),
+        acc = finite_float(r.get("test_acc"))
+        used.append({"dataset": str(r.get("dataset")), "classes": int(finite_float(r.get("classes")) or 2), "loss": loss,
+                     "alpha": finite_float(r.get("alpha")), "rate": p, "eta": eta, "seed": r.get("seed"),
                      "memorization": m, "dilation": d, "test_error": None if acc is None else 1.0 - acc})
     info = {"rows": len(rows), "noisy_main_runs": noisy_main, "used_runs": len(used),
             "left_out": dict(sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])))}
@@ -120,10 +111,10 @@ def select_runs(rows: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], d
 def _pairs(rows, used) -> tuple[dict[tuple, tuple[dict, dict]], Counter, int]:
     """Pairs (dataset, rate, seed) -> (CE run, LS run) among the used runs; plus the reasons the
     other noisy main-variant pairs (both losses present) were left out, and their total."""
-    key = lambda r: (str(r.get("dataset")), _num(r.get("noise_rate")), r.get("seed"))  # noqa: E731
+    key = lambda r: (str(r.get("dataset")), finite_float(r.get("noise_rate")), r.get("seed"))  # noqa: E731
     by: dict[tuple, dict[str, dict]] = defaultdict(dict)
     for r in rows:
-        p = _num(r.get("noise_rate"))
+        p = finite_float(r.get("noise_rate"))
         if r.get("variant") == "main" and p is not None and p > 0 and r.get("loss") in ("ce", "ls"):
             by[key(r)][r["loss"]] = r
     used_by = {(u["dataset"], u["rate"], u["seed"], u["loss"]): u for u in used}

@@ -45,7 +45,7 @@ import numpy as np
 from nclab.store.index import RunStore
 
 __all__ = ["METRICS", "TERMINAL_ACC", "STUDY_SWEEP_PREFIX", "COLUMNS", "runs_table", "write_runs_csv",
-           "read_runs_csv", "runs_csv_text", "aggregate", "fit_line", "is_study_store", "cell_counts",
+           "read_runs_csv", "runs_csv_text", "finite_float", "aggregate", "fit_line", "is_study_store", "cell_counts",
            "geometry_counts"]
 
 TERMINAL_ACC = 0.999
@@ -78,7 +78,8 @@ COLUMNS: dict[str, type] = {
 }
 
 
-def _num(v: Any) -> float | None:
+def finite_float(v: Any) -> float | None:
+    """A finite float, or None (None, '', NaN, infinities, booleans, non-numbers)."""
     if isinstance(v, bool) or v is None:
         return None
     try:
@@ -115,7 +116,7 @@ def _geometry(run_dir: Path, n_classes: int | None) -> dict[str, Any]:
         g = classify_features(feats, labels, num_classes=n_classes)
     except (OSError, ValueError, KeyError):
         return {}
-    return {"geometry": g.kind, "max_cos": _num(g.max_abs_cos), "norm_ratio": _num(g.norm_ratio)}
+    return {"geometry": g.kind, "max_cos": finite_float(g.max_abs_cos), "norm_ratio": finite_float(g.norm_ratio)}
 
 
 def _row(store: RunStore, row: dict[str, Any]) -> dict[str, Any]:
@@ -128,7 +129,7 @@ def _row(store: RunStore, row: dict[str, Any]) -> dict[str, Any]:
     te = te if isinstance(te, int) and not isinstance(te, bool) else None
     if te is None and not (cfg.get("terminal_acc") or (cfg.get("stop") or {}).get("train_acc")):
         # a run that recorded no terminal phase (the fixed-epoch protocol): judged at its last epoch
-        acc = _num(fin.get("train_acc_noisy"))
+        acc = finite_float(fin.get("train_acc_noisy"))
         te = fin.get("epoch") if acc is not None and acc >= TERMINAL_ACC else None
     rec: dict[str, Any] = {
         "hash": row["hash"],
@@ -137,14 +138,14 @@ def _row(store: RunStore, row: dict[str, Any]) -> dict[str, Any]:
         "variant": ("latent" if float(noise.get("latent_fraction") or 0) > 0
                     else "nobias" if model.get("classifier_bias") is False else "main"),
         "loss": (cfg.get("loss") or {}).get("name", "?"),
-        "alpha": _num((cfg.get("loss") or {}).get("alpha")),
+        "alpha": finite_float((cfg.get("loss") or {}).get("alpha")),
         "noise_kind": noise.get("kind"),
         "noise_rate": float(noise.get("rate") or 0.0),
-        "realized_noise": _num(fin.get("train.realized_noise_rate")),
+        "realized_noise": finite_float(fin.get("train.realized_noise_rate")),
         "seed": int(cfg.get("seed", 0)),
         "status": "diverged" if diverged else "completed",
         "epochs": fin.get("epoch") if isinstance(fin.get("epoch"), int) else None,
-        "final_lr": _num(fin.get("lr")),
+        "final_lr": finite_float(fin.get("lr")),
         "terminal_epoch": None if diverged else te,
         "reached_terminal": (not diverged) and te is not None,
         "geometry": None, "bias": model.get("classifier_bias", True) is not False,
@@ -153,11 +154,11 @@ def _row(store: RunStore, row: dict[str, Any]) -> dict[str, Any]:
     if rec["realized_noise"] is None and rec["noise_rate"] == 0:
         rec["realized_noise"] = 0.0
     for m, (_, keys) in METRICS.items():
-        rec[m] = next((_num(fin.get(k)) for k in keys if _num(fin.get(k)) is not None), None)
-    scale = _num(fin.get("train.clean_centroid_distance"))
+        rec[m] = next((finite_float(fin.get(k)) for k in keys if finite_float(fin.get(k)) is not None), None)
+    scale = finite_float(fin.get("train.clean_centroid_distance"))
     if rec["test_dilation_raw"] is not None and scale:
         rec["test_dilation"] = rec["test_dilation_raw"] / scale
-    off = _num(fin.get("train.dilation_std_official"))
+    off = finite_float(fin.get("train.dilation_std_official"))
     if off is not None and scale:
         rec["dilation_official"] = off / scale
     if n_cls == 2:

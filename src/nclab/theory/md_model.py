@@ -79,7 +79,8 @@ from nclab.theory._md_numpy import ANALYTIC_LOSSES, CONSTRAINTS, MDObjective
 from nclab.theory._solver import minimize_bounded, resolve_loss, torch_fg
 from nclab.theory.geometry import etf_error, orthogonal_frame_error
 
-__all__ = ["MDResult", "best_alpha_by_eta", "dm_slopes", "md_grid", "md_sweep", "solve_md", "error_proxy"]
+__all__ = ["MDResult", "best_alpha_by_eta", "dm_slopes", "md_grid", "md_sweep", "solve_md", "error_proxy",
+           "validate_md_points"]
 
 TEST_NOISES = ("gaussian", "sphere")
 BACKENDS = ("auto", "numpy", "torch")
@@ -203,6 +204,21 @@ class MDResult:
             "start_dilation_spread": float(np.ptp(self.start_dilation)),
             **self.geometry,
         }
+
+
+def validate_md_points(points, *, losses, num_classes: int, per_class: int, lambda_w: float, lambda_h: float,
+                       starts: int, constraint: str, penalty: float) -> None:
+    """Check a grid of :func:`md_grid` points before any solve (``ValueError`` naming the
+    first bad argument): the losses and their parameters, every point's noise fraction and
+    expressivity, the constraint and its penalty."""
+    for name, val in losses:
+        resolve_loss(name, gamma=val) if name == "focal" else resolve_loss(name, alpha=val)
+    for p in points:
+        _check_md(num_classes, per_class, p["eta"], p["expressivity"], lambda_w, lambda_h, 0.0, starts, None)
+    if constraint not in CONSTRAINTS:
+        raise ValueError(f"--constraint must be one of {', '.join(CONSTRAINTS)}; got {constraint!r}")
+    if constraint == "soft" and not penalty > 0:
+        raise ValueError(f"--penalty must be > 0; got {penalty}")
 
 
 def _check_md(num_classes, per_class, eta, expressivity, lambda_w, lambda_h, lambda_b, starts, dim):
