@@ -211,6 +211,29 @@ class _BoundedLoader(yaml.SafeLoader):
             self._depth -= 1
 
 
+def _check_depth(text: str) -> None:
+    """Refuse nesting beyond ``YAML_MAX_DEPTH`` from libyaml's event stream, when PyYAML has it:
+    the pure-Python scanner slows quadratically with depth (seconds for 20,000 levels) before
+    the composer's own check is reached; the events stop at the first level too deep."""
+    loader = getattr(yaml, "CSafeLoader", None)
+    if loader is None:
+        return
+    depth = 0
+    try:
+        for event in yaml.parse(text, Loader=loader):
+            if isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
+                depth += 1
+                if depth > YAML_MAX_DEPTH:
+                    raise ConfigError(f"nesting deeper than {YAML_MAX_DEPTH} levels (line {event.start_mark.line + 1})")
+            elif isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
+                depth -= 1
+    except yaml.YAMLError as exc:  # libyaml stops at its own limit (1000 levels) while scanning ahead
+        if "nesting depth" not in str(getattr(exc, "problem", "")):
+            raise
+        mark = exc.problem_mark
+        raise ConfigError(f"nesting deeper than {YAML_MAX_DEPTH} levels (line {mark.line + 1 if mark else '?'})") from None
+
+
 def _expanded_size(root: yaml.Node) -> int:
     """The number of values ``root`` holds once every alias is expanded (memoised per node,
     so a 10-level alias bomb is counted in microseconds); a recursive alias is refused."""
@@ -242,6 +265,7 @@ def safe_yaml(text: str, *, source: str = "YAML") -> Any:
     ``ConfigError`` line that names ``source`` (a file name or the ``--set`` item)."""
     loader = _BoundedLoader(text)
     try:
+        _check_depth(text)
         node = loader.get_single_node()
         if node is None:
             return None
