@@ -313,7 +313,7 @@ def test_metrics_line_that_is_not_an_object(tmp_path, tiny_run):
     m = d / "metrics.jsonl"
     m.write_text("[1, 2]\n" + m.read_text())
     res = runner.invoke(app, ["train", *TINY_RUN, "--run-dir", str(d), "--resume"])
-    one_line_error(res, 2, "metrics.jsonl: line 1 is not a JSON object")
+    one_line_error(res, 2, "metrics.jsonl", "line 1 is not a JSON object")
     res = runner.invoke(app, ["plot", str(d)])
     one_line_error(res, 2, "line 1 is not a JSON object")
 
