@@ -184,16 +184,11 @@ class StackEngine:
         perms = torch.stack([torch.randperm(n, generator=m.batches).to(dev) for m in self.members])
         total = torch.zeros(len(self.members), dtype=torch.float64, device=dev)
         bs = self.members[0].config.batch_size
-        # the MLP with CE/LS losses takes the explicit (closed-form) backward
-        explicit = self.vector_loss and self.model.explicit_grad
         for s, e in batch_bounds(n, bs):
             idx = perms[:, s:e]
-            if explicit:  # overwrites the gradients in place
-                losses = self.model.loss_and_grad(self._gather(idx), self.y.gather(1, idx), self.alpha)
-            else:
-                self.optimizer.zero_grad()
-                losses = self._loss(self.model(self._gather(idx)), self.y.gather(1, idx))
-                losses.sum().backward()  # members are independent: d(sum)/d(theta_k) = d(L_k)/d(theta_k)
+            self.optimizer.zero_grad()
+            losses = self._loss(self.model(self._gather(idx)), self.y.gather(1, idx))
+            losses.sum().backward()  # members are independent: d(sum)/d(theta_k) = d(L_k)/d(theta_k)
             self.optimizer.step()
             total += losses.detach().double() * (e - s)
         return (total / n).tolist()

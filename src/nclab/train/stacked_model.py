@@ -9,12 +9,10 @@ hyperparameters (learning rate, momentum, weight decay as ``(K,)`` tensors).
 
 The model is the paper's MLP (``Flatten``, ``Linear``, ``BatchNorm1d``, activations,
 then a ``Linear`` classifier; :func:`stackable` says whether a model is one), interpreted
-directly with ``bmm`` and a per-member BatchNorm. With ReLU/identity activations and the
-CE/LS loss its training step also has an explicit backward
-(:meth:`StackedModel.loss_and_grad`): the closed-form gradients of softmax cross-entropy,
-BatchNorm and ReLU, with no autograd graph, which cuts the per-call overhead of a small
-model's step. A member's arithmetic does not depend on the stack's size: a stack of one
-and a member of a stack of eight give the same bits.
+directly with ``bmm`` and a per-member BatchNorm; autograd takes the gradients. A member's
+arithmetic does not depend on the stack's size: a stack of one and a member of a stack of
+eight give the same bits (``torch.func``'s ``vmap`` over ``functional_call`` does not:
+measured, see benchmarks/README.md).
 
 ``member_state(k)`` returns member ``k``'s solo ``state_dict`` and ``load_member(k, sd)``
 writes one back, so checkpoints are the solo format: a member can be resumed alone, and
@@ -33,8 +31,6 @@ from torch import Tensor, nn
 from nclab.models.mlp import MLP
 
 __all__ = ["StackedModel", "StackedOptimizer", "stackable", "stacked_ce_ls_loss"]
-
-_EXPLICIT_ACTS = (nn.ReLU, nn.Identity)
 
 _ACTS = (nn.ReLU, nn.GELU, nn.Tanh, nn.LeakyReLU, nn.Identity)
 
@@ -102,10 +98,6 @@ class StackedModel:
         for n in self.transposed:
             self.params[n] = self.params[n].detach().transpose(1, 2).contiguous().requires_grad_(True)
         self.training = True
-        # the explicit backward covers Linear / BatchNorm1d / ReLU / Identity plans
-        self.explicit_grad = all(
-            kind != "act" or isinstance(m, _EXPLICIT_ACTS) for kind, _, m in self.plan
-        )
 
     @property
     def size(self) -> int:
@@ -157,87 +149,10 @@ class StackedModel:
         rm, rv = self.buffers[f"{name}.running_mean"], self.buffers[f"{name}.running_var"]
         return (h - rm.unsqueeze(1)) * torch.rsqrt(rv.unsqueeze(1) + m.eps) * weight + bias
 
-    @torch.no_grad()
-    def loss_and_grad(self, x: Tensor, y: Tensor, alpha: Tensor) -> Tensor:
-        """One training-mode forward and backward of the CE/LS loss with explicit gradients.
-
-        ``x (K, B, *input)``, ``y (K, B)``, ``alpha (K,)`` (0 = cross-entropy). Returns the
-        ``(K,)`` per-member mean losses (:func:`stacked_ce_ls_loss`) and sets every
-        parameter's ``.grad`` to the gradient of that member's loss, as
-        ``stacked_ce_ls_loss(self(x), y, alpha).sum().backward()`` would (BatchNorm running
-        statistics are updated the same way). Existing ``.grad`` tensors are overwritten in
-        place (not accumulated into): no ``zero_grad`` is needed between steps. The forward is
-        :meth:`_mlp_forward`'s arithmetic; the backward is the closed form of each layer (no
-        autograd graph):
-
-        * loss: ``dL/dz = (softmax(z) − t) / B`` with ``t = (1 − α) e_y + α/C``;
-        * ``Linear`` (``a = h W + b``): ``dW = hᵀ da``, ``db = Σ_i da``, ``dh = da Wᵀ``;
-        * ``BatchNorm1d`` (``x̂ = (a − mean) / sqrt(var + eps)``, ``o = γ x̂ + β``):
-          ``dγ = Σ_i do x̂``, ``dβ = Σ_i do``,
-          ``da = γ (do − dβ/B − x̂ dγ/B) / sqrt(var + eps)`` (``= (γ do − mean_i(γ do) −
-          x̂ mean_i(γ do x̂)) / sqrt(var + eps)``);
-        * ReLU: ``do = dh`` where the output is positive, else 0 (torch's rule at 0).
-
-        Only for :attr:`explicit_grad` plans (else use autograd on :meth:`__call__`).
-        """
-        if not self.explicit_grad:
-            raise ValueError("this stack's model has no explicit backward; use autograd")
-        if x.shape[0] != self.size:
-            raise ValueError(f"input has {x.shape[0]} members; the stack has {self.size}")
-        p = self.params
-        h = x
-        tape: list[tuple[str, str, Any]] = []  # what each layer's backward needs
-        for kind, name, m in self.plan:
-            if kind == "flatten":
-                h = h.reshape(h.shape[0], h.shape[1], -1)
-            elif kind == "linear":
-                tape.append(("linear", name, h))
-                h = _linear(h, p[f"{name}.weight"], p.get(f"{name}.bias"))
-            elif kind == "bn":
-                xhat, inv = self._batch_norm_train(h, name, m)
-                tape.append(("bn", name, (xhat, inv)))
-                h = torch.addcmul(p[f"{name}.bias"].unsqueeze(1), xhat, p[f"{name}.weight"].unsqueeze(1))
-            elif isinstance(m, nn.ReLU):
-                h = torch.relu(h)
-                tape.append(("relu", name, h))
-        tape.append(("linear", "classifier", h))
-        z = _linear(h, p["classifier.weight"], p.get("classifier.bias"))
-        logp = F.log_softmax(z, dim=-1)
-        a = alpha.to(z.dtype).unsqueeze(1)
-        nll = -logp.gather(-1, y.unsqueeze(-1)).squeeze(-1)
-        losses = ((1 - a) * nll + a * -logp.mean(dim=-1)).mean(dim=1)
-
-        B, C = z.shape[1], z.shape[2]
-        d = logp.exp_()  # softmax
-        d.sub_(a.unsqueeze(2) / C).scatter_add_(2, y.unsqueeze(-1), (a - 1).expand(-1, B).unsqueeze(-1)).div_(B)
-        for i in range(len(tape) - 1, -1, -1):
-            kind, name, saved = tape[i]
-            if kind == "linear":
-                w = p[f"{name}.weight"]
-                w.grad = torch.bmm(saved.transpose(1, 2), d, out=_grad_buffer(w))
-                if f"{name}.bias" in p:
-                    b = p[f"{name}.bias"]
-                    b.grad = torch.sum(d, dim=1, out=_grad_buffer(b))
-                if i == 0:  # the input needs no gradient
-                    break
-                d = torch.bmm(d, w.transpose(1, 2))
-            elif kind == "relu":
-                d = torch.ops.aten.threshold_backward(d, saved, 0)  # autograd's ReLU rule, one kernel
-            else:
-                xhat, inv = saved
-                b, g = p[f"{name}.bias"], p[f"{name}.weight"]
-                b.grad = torch.sum(d, dim=1, out=_grad_buffer(b))
-                g.grad = torch.sum(d * xhat, dim=1, out=_grad_buffer(g))
-                # mean_i(γ do) = γ dβ / B and mean_i(γ do x̂) = γ dγ / B: the (K, F) sums just formed
-                n = d.shape[1]
-                d = d.sub_(b.grad.unsqueeze(1), alpha=1.0 / n).sub_(xhat * (g.grad.unsqueeze(1) / n))
-                d = d.mul_(g.unsqueeze(1) * inv)
-        return losses
-
     def _batch_norm_train(self, h: Tensor, name: str, m: nn.BatchNorm1d) -> tuple[Tensor, Tensor]:
         """torch's BatchNorm1d per member in training mode: normalise with the batch's biased
         variance and update the running variance with the unbiased one (momentum ``m.momentum``,
-        ``m.eps``). Returns ``x̂`` and ``1 / sqrt(var + eps)`` (the explicit backward needs both).
+        ``m.eps``). Returns ``x̂`` and ``1 / sqrt(var + eps)``.
         Explicit moments: ``var_mean`` over the middle dimension is several times slower here."""
         n = h.shape[1]
         if n < 2:
@@ -296,13 +211,6 @@ def _linear(h: Tensor, w_t: Tensor, bias: Tensor | None) -> Tensor:
     (``bmm`` then ``add`` is faster on CPU than ``baddbmm`` with a broadcast bias.)"""
     out = torch.bmm(h, w_t)
     return out if bias is None else out + bias.unsqueeze(1)
-
-
-def _grad_buffer(p: Tensor) -> Tensor | None:
-    """``p.grad`` to overwrite in place, if it is there: a fresh multi-MiB gradient every step
-    costs page faults and cache misses (the first layer's weight-gradient GEMM ran 3x slower)."""
-    g = p.grad
-    return g if g is not None and g.shape == p.shape and g.dtype == p.dtype else None
 
 
 def _bview(v: Tensor, like: Tensor) -> Tensor:
