@@ -48,7 +48,7 @@ def test_no_package_imports_another_packages_private_names():
     bad = []
     for f, pkg, module, names in _imports():
         target = module.split(".")[1]
-        if target == pkg or pkg == "cli":  # cli/theory.py still reads theory._solver and theory._md_numpy
+        if target == pkg:
             continue
         private = [p for p in module.split(".")[2:] if p.startswith("_")] + [n for n in names if n.startswith("_")]
         if private:
