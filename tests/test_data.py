@@ -405,3 +405,14 @@ def test_fashion_mnist_system_copy(monkeypatch):
     assert ds.meta["counts"]["train_per_class"] == [500, 500] and ds.meta["counts"]["test_per_class"] == [1000, 1000]
     # a linear-ish sanity check on real data: nearest class centre separates shirts from trousers
     assert _ncc_accuracy(ds) > 0.85
+
+
+def test_bundled_digits_read_directly_equal_load_digits():
+    from sklearn.datasets import load_digits
+
+    from nclab.data.registry import _bundled_digits
+
+    flat, target = _bundled_digits()
+    d = load_digits()
+    np.testing.assert_array_equal(flat, d.data)
+    np.testing.assert_array_equal(target, d.target)
