@@ -1,11 +1,13 @@
 """A/B of the stacked engine's arithmetic, end to end through ``nclab sweep``.
 
-A: nclab's hand-written stacked MLP (``StackedModel``: bmm forward, closed-form backward,
-   ``StackedOptimizer``), what ``--stack K`` uses.
+A (``hand``): nclab's stacked MLP (``StackedModel``: bmm forward, ``StackedOptimizer``), what
+   ``--stack K`` uses (with a closed-form backward when the A/B in benchmarks/README.md was taken;
+   autograd since).
 B: ``torch.func``: ``stack_module_state`` + ``vmap(functional_call)`` with autograd and
    torch's own ``torch.optim.SGD`` over the stacked parameters (one parameter group: every
    member of the workload has the same optimizer hyperparameters).
-C (``--cases hand,autograd``): the stacked model with autograd instead of its closed-form backward.
+C (``--cases hand,autograd``): A with its ``explicit_grad`` switched off (the same as A since the
+   closed-form backward was deleted).
 
 Both run the same command line in fresh processes, alternating A and B, best of ``--rounds``::
 
