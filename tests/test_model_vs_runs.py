@@ -156,3 +156,12 @@ def test_t_interval_small_samples_and_degenerate_cases():
     assert mean == 2.0 and ci == pytest.approx((2.0 - 4.302653 / np.sqrt(3), 2.0 + 4.302653 / np.sqrt(3)), rel=1e-5)
     assert t_interval([1.0])[1] is None
     assert t_interval([0.7] * 5) == (pytest.approx(0.7), None)  # zero width: no interval, no verdict
+
+
+def test_one_seed_still_draws(tmp_path):
+    """With one seed the bootstrap interval of a prediction need not contain the full-data fit;
+    the figure is still drawn (error bars clipped at the point), and nothing is decided."""
+    rows = [r for r in _study(seeds=1, dead=()) if r["status"] == "completed"]
+    md, summary = section(rows, tmp_path, seed=0, n_boot=20)
+    assert (tmp_path / "figures" / "model_vs_runs.png").read_bytes()[:4] == b"\x89PNG"
+    assert "Runs used" in md and json.loads(json.dumps(summary)) == summary

@@ -353,7 +353,8 @@ def _plot(results, path: Path) -> None:
                 lo = np.array([p[2][0] if p[2] else p[1] for p in pts])
                 hi = np.array([p[2][1] if p[2] else p[1] for p in pts])
                 lab = "model (CE fit, 95% seed bootstrap)" if who == "model" else "runs (mean of pairs, 95% t)"
-                ax.errorbar(x, y, yerr=[y - lo, hi - y], fmt=mk, color=color, capsize=3, markersize=4, label=lab,
+                # a bootstrap interval need not contain the full-data fit (e.g. one seed): clip the bars at the point
+                ax.errorbar(x, y, yerr=[np.clip(y - lo, 0, None), np.clip(hi - y, 0, None)], fmt=mk, color=color, capsize=3, markersize=4, label=lab,
                             ls="-" if who == "model" and len(pts) > 1 else "none", lw=1.2)
             ax.axhline(ref, color="0.6", lw=0.8, ls=":")
             ax.set_xlabel("realized noise η")
