@@ -261,3 +261,15 @@ def test_sweep_errors_name_flags(tmp_path):
     assert res.exit_code == 2 and "--workers must be >= 1" in res.output
     res = runner.invoke(app, ["sweep", str(spec), "--stack", "0", "--store", str(tmp_path / "st0"), "--no-progress"])
     assert res.exit_code == 2 and "--stack must be >= 1; got 0" in res.output and "Traceback" not in res.output
+
+
+def test_train_errors_stay_on_one_line_whatever_the_path_length(tmp_path):
+    """A long path in an error is never wrapped at the terminal width (users and scripts grep it)."""
+    deep = tmp_path.joinpath(*["a-rather-long-folder-name"] * 6)
+    deep.mkdir(parents=True)
+    cfg = deep / "config.yaml"
+    cfg.write_text("epochs: 1\nbogus_key: 3\n")
+    res = runner.invoke(app, ["train", str(cfg), "--run-dir", str(deep / "run")])
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and len(lines[0]) > 120 and "bogus_key" in lines[0], res.output

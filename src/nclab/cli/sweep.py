@@ -415,7 +415,8 @@ def _register_study(app: typer.Typer) -> None:
         out: Optional[Path] = typer.Option(None, "--out", "-o", help="output directory [default: STORE/report, or the folder of runs.csv]"),
         as_json: bool = typer.Option(False, "--json", help="print the claims, verdicts and run counts as JSON (claims.json); with a runs.csv and no --out nothing is written"),
     ) -> None:
-        """Rebuild the study report (Markdown + HTML + claims.json) from a store or a runs.csv, without training."""
+        """Rebuild a report without training: a study store or its runs.csv gives the study report (claims.json,
+        report.md, figures); any other store the sweep report (per-group tables and curves)."""
         from nclab.report import build_report  # noqa: PLC0415
 
         write = not (as_json and out is None and source.suffix == ".csv")

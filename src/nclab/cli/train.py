@@ -52,7 +52,7 @@ def register(app: typer.Typer) -> None:
 
         err = Console(stderr=True)
         if resume and overwrite:
-            err.print("[bold red]error:[/] --resume and --overwrite exclude each other; choose one", highlight=False)
+            err.print("[bold red]error:[/] --resume and --overwrite exclude each other; choose one", highlight=False, soft_wrap=True)
             raise typer.Exit(2)
         try:
             if config is not None:
@@ -65,13 +65,13 @@ def register(app: typer.Typer) -> None:
             result = train(cfg, run_dir=target, resume=resume, overwrite=overwrite, progress=not no_progress,
                            max_epochs=max_epochs, handle_signals=True, loggers=loggers)
         except RunLockError as exc:  # another live process holds the run directory
-            err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+            err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(EXIT_LOCKED) from None
         except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as exc:  # user-fixable input
-            err.print(f"[bold red]error:[/] {escape(error_text(exc, _FLAGS))}", highlight=False)
+            err.print(f"[bold red]error:[/] {escape(error_text(exc, _FLAGS))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except (OSError, MemoryError, torch.OutOfMemoryError) as exc:  # disk full, read-only, no memory
-            err.print(f"[bold red]error:[/] {escape(os_error_message(exc))}", highlight=False)
+            err.print(f"[bold red]error:[/] {escape(os_error_message(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(EXIT_IO) from None
         except KeyboardInterrupt:  # outside the epoch loop (data loading, a second signal at the very end)
             err.print("[bold red]interrupted[/]; a checkpoint written before the signal is kept "
@@ -88,7 +88,7 @@ def register(app: typer.Typer) -> None:
         table.add_row("run dir", str(result.run_dir))
         out.print(table)
         if result.status == "diverged":
-            err.print(f"[bold red]{escape(result.message)}[/]", highlight=False)
+            err.print(f"[bold red]{escape(result.message)}[/]", highlight=False, soft_wrap=True)
             raise typer.Exit(3)
         if result.status == "interrupted":
             import shlex
