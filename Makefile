@@ -26,8 +26,9 @@ $(STAMP_TEST): pyproject.toml $(CONSTRAINTS) | $(BIN)/python
 run: $(STAMP_RUN)
 	$(BIN)/nclab demo
 
+# both cores: each test process sets torch to one thread, and results do not depend on the worker count
 test: $(STAMP_TEST)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
 
 test-all: test
 
