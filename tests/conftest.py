@@ -1,11 +1,10 @@
-import os
-
 import numpy as np
 import pytest
 import torch
 
-# Tests are CPU-bound on 2 cores; more threads only add contention.
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# One torch thread per test process: make test runs two processes on 2 cores (-n 2), and no
+# result may depend on the thread count (a run's own `threads` option sets it for that run).
+torch.set_num_threads(1)
 
 
 @pytest.fixture

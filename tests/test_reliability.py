@@ -47,13 +47,9 @@ def tiny(**over) -> TrainConfig:
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread(tmp_path_factory):
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _warm(tmp_path_factory):
     # one run in this process first: forked children then inherit every lazy import and start warm
     train(tiny(epochs=1), run_dir=tmp_path_factory.mktemp("warm") / "run", progress=False)
-    yield
-    torch.set_num_threads(n)
 
 
 def _strip(records: list[dict]) -> list[dict]:

@@ -35,12 +35,6 @@ TIMING = {"elapsed_s", "epoch_time_s", "eval_time_s"}
 DISCRETE = ("ncc_mismatch",)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def cfg(**over) -> TrainConfig:

@@ -155,6 +155,36 @@ def test_local_executor_runs_and_survives_a_crashed_worker(tmp_path):
     assert os.getpid() not in pids  # really ran in worker processes
 
 
+class _PoolBrokenAtSubmit(InlineExecutor):
+    """A pool that a dying worker broke between the runner's wait and its next submit: the
+    submit itself raises, once (``concurrent.futures`` does this for a broken pool)."""
+
+    def __init__(self, at: int):
+        super().__init__()
+        self.at, self.calls, self.restarts = at, 0, 0
+
+    def submit(self, run_fn, config, run_dir):
+        self.calls += 1
+        if self.calls == self.at:
+            import concurrent.futures as cf
+
+            raise cf.process.BrokenProcessPool("A child process terminated abruptly")
+        return super().submit(run_fn, config, run_dir)
+
+    def restart(self):
+        self.restarts += 1
+
+
+def test_a_pool_broken_at_submit_loses_no_run(tmp_path):
+    runs = expand(_spec(grid={"seed": list(range(4))}), resolve=None)
+    st = RunStore(tmp_path)
+    ex = _PoolBrokenAtSubmit(at=2)
+    s = run_sweep(st, runs, run_fn=fake_run, executor=ex)
+    assert s.completed == 4 and s.failed == 0  # the run refused at submit went back and ran after a restart
+    assert ex.restarts == 1 and ex.calls == 5
+    assert {r["status"] for r in st.rows()} == {"completed"}
+
+
 # ----------------------------------------------------------------------------- kill, concurrency
 def _write_spec(path: Path, n: int, sleep: float) -> Path:
     spec = {"name": "k", "base": {"fake": {"sleep": sleep, "epochs": 3}}, "grid": {"seed": list(range(n))}}

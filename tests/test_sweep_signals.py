@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 import nclab.store.files as files
@@ -36,13 +35,6 @@ BASE = {
     "optim": {"lr": 0.05},
 }
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def spec_file(tmp_path: Path, seeds=(0, 1, 2), **base_over) -> Path:

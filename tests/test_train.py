@@ -36,13 +36,6 @@ def cfg(*extra: str) -> TrainConfig:
     return TrainConfig.from_sources(overrides=[*TINY, *extra])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models: one thread is faster and avoids oversubscription on a shared 2-core box.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _model_state(run_dir: Path) -> dict:

@@ -179,6 +179,7 @@ def run_sweep(
                 if not forwarded:
                     forwarded = True
                     executor.interrupt(interrupted_by)
+            resubmit = False
             while len(inflight) < executor.capacity and todo and (max_new is None or claimed < max_new):
                 unit = todo.popleft()
                 got: list[str] = []
@@ -196,14 +197,26 @@ def run_sweep(
                     emit("claimed", hash=h, name=_f(by_hash[h], "name"))
                 if not got:
                     continue
-                if len(got) == 1:
-                    h = got[0]
-                    fut = executor.submit(run_fn, _f(by_hash[h], "config"), str(store.run_dir(h)))
-                    inflight[fut] = (got, time.time(), False)
-                else:
-                    fut = executor.submit_stack(stack_fn, [_f(by_hash[h], "config") for h in got],
-                                                [str(store.run_dir(h)) for h in got])
-                    inflight[fut] = (got, time.time(), True)
+                try:
+                    if len(got) == 1:
+                        h = got[0]
+                        fut = executor.submit(run_fn, _f(by_hash[h], "config"), str(store.run_dir(h)))
+                    else:
+                        fut = executor.submit_stack(stack_fn, [_f(by_hash[h], "config") for h in got],
+                                                    [str(store.run_dir(h)) for h in got])
+                except cf.process.BrokenProcessPool:
+                    # a worker died since the last wait: these runs never started; they go back and are
+                    # submitted again once the runs in flight are accounted for and the pool is rebuilt
+                    for h in got:
+                        store.release(h, owner)
+                    claimed -= len(got)
+                    todo.appendleft(got)
+                    resubmit = True
+                    break
+                inflight[fut] = (got, time.time(), len(got) > 1)
+            if resubmit and not inflight:
+                executor.restart()  # nothing in flight reports the broken pool: rebuild it now and resubmit
+                continue
             if not inflight:
                 if elsewhere and interrupted_by is None and (max_new is None or claimed < max_new):
                     # another driver holds these; take them over only if it died meanwhile
