@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from nclab.store.files import atomic_write_bytes
+from nclab.store.files import atomic_write_bytes, npy_header
 
 DYNAMICS_DIR = "dynamics"
 _PATTERN = re.compile(r"^epoch_(\d{4,})\.npy$")
@@ -81,11 +81,7 @@ def npy_problem(path: Path) -> tuple[str | None, int]:
     """``(None, n)`` for a whole ``.npy`` float32 vector of n margins, else ``(what is wrong, 0)``."""
     try:
         with open(path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            if version == (1, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-            else:
-                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+            shape, fortran, dtype = npy_header(f)
             header = f.tell()
             size = os.fstat(f.fileno()).st_size
     except FileNotFoundError:

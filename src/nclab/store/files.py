@@ -171,6 +171,17 @@ FEATURE_FILE_ARRAYS = {
 }
 
 
+def npy_header(f: Any) -> tuple[tuple[int, ...], bool, Any]:
+    """``(shape, fortran_order, dtype)`` from an open ``.npy`` stream (format 1.0 or 2.0),
+    leaving the stream at the start of the data; nothing is allocated."""
+    import numpy as np
+
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(f)
+    return np.lib.format.read_array_header_2_0(f)
+
+
 def check_npz(path: str | Path) -> None:
     """Refuse an ``.npz`` whose array headers claim more data than the archive holds.
 
@@ -189,11 +200,7 @@ def check_npz(path: str | Path) -> None:
         with zipfile.ZipFile(path) as z:
             for info in z.infolist():
                 with z.open(info) as f:
-                    version = np.lib.format.read_magic(f)
-                    if version == (1, 0):
-                        shape, _, dtype = np.lib.format.read_array_header_1_0(f)
-                    else:
-                        shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+                    shape, _, dtype = npy_header(f)
                     header_len = f.tell()
                 if dtype.hasobject:
                     raise ValueError(f"{path}: array {info.filename!r} holds Python objects (pickles are refused)")
