@@ -76,21 +76,7 @@ def test_run_dir_that_is_a_file(cfg_file, tmp_path):
     clear_error(train_cli(cfg_file, f / "sub"), 2, "is a file")
 
 
-def _fork_as_nobody(fn) -> int:
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            if os.geteuid() == 0:
-                os.setgid(65534)
-                os.setuid(65534)
-            code = fn()
-        finally:
-            os._exit(code)
-    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
-
-
-def test_read_only_run_dir(cfg_file, tmp_path):
+def test_read_only_run_dir(cfg_file, tmp_path, as_nobody):
     import shutil
     import tempfile
 
@@ -108,7 +94,7 @@ def test_read_only_run_dir(cfg_file, tmp_path):
             (res_file / "out.txt").write_text(f"{res.exit_code}\n{res.output}")
             return 0
 
-        assert _fork_as_nobody(child) == 0
+        assert as_nobody(child) == 0
         code, out = (res_file / "out.txt").read_text().split("\n", 1)
         assert code == "2" and "Traceback" not in out and "cannot create run directory" in " ".join(out.split())
     finally:

@@ -227,26 +227,7 @@ def test_really_full_file_system_exits_4(tmp_path):
 
 # ------------------------------------------------------------------ read-only store with a WAL
 
-def _as_other_user(fn) -> int:
-    """Run ``fn`` in a child that cannot write what root owns (setuid nobody when root)."""
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            if os.geteuid() == 0:
-                os.setgid(65534)
-                os.setuid(65534)
-            code = fn()
-        except BaseException:  # noqa: BLE001  (the parent sees the exit code)
-            import traceback
-
-            traceback.print_exc()
-        finally:
-            os._exit(code)
-    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
-
-
-def test_read_only_store_with_a_wal_and_no_shm_is_read_with_its_newest_commits(tmp_path):
+def test_read_only_store_with_a_wal_and_no_shm_is_read_with_its_newest_commits(tmp_path, as_nobody):
     base = Path(tempfile.mkdtemp(prefix="nclab-rowal-", dir="/tmp"))
     src, ro, outdir = base / "src", base / "ro", base / "out"
     try:
@@ -277,7 +258,7 @@ def test_read_only_store_with_a_wal_and_no_shm_is_read_with_its_newest_commits(t
             assert st.readonly and st.counts()["completed"] == 7 and st.counts()["failed"] == 1
             return 0
 
-        assert _as_other_user(read_it) == 0
+        assert as_nobody(read_it) == 0
         import csv
 
         rows = {r["hash"]: r for r in csv.DictReader((outdir / "t.csv").open())}

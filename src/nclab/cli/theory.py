@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
@@ -163,8 +162,6 @@ def register(app: typer.Typer) -> None:
         whether the expressivity constraint binds (``constraint_binds``, ``expressivity_slack`` = D − λM).
         """
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-        from rich import box
-        from rich.table import Table
 
         from nclab.report.theory_plots import write_md_figures
         from nclab.store.files import atomic_write_text, to_json

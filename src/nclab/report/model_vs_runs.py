@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from scipy import stats
 
 from nclab.report.study_data import finite_float
+from nclab.stats import mean_interval
 
 __all__ = ["section", "select_runs", "t_interval", "MECHANISMS"]
 
@@ -58,13 +58,10 @@ def t_interval(values: Sequence[float], *, level: float = LEVEL) -> tuple[float,
     when all values are equal (a zero-width interval carries no evidence)."""
     a = np.asarray(values, dtype=float)
     mean = float(a.mean()) if a.size else float("nan")
-    if a.size < 2:
+    if a.size < 2 or not float(a.std(ddof=1)) > 0:
         return mean, None
-    sd = float(a.std(ddof=1))
-    if not sd > 0:
-        return mean, None
-    half = float(stats.t.ppf(0.5 + level / 2, a.size - 1)) * sd / math.sqrt(a.size)
-    return mean, (mean - half, mean + half)
+    iv = mean_interval(a, level=level)
+    return mean, (iv.lo, iv.hi)
 
 
 def select_runs(rows: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:

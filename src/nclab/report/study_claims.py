@@ -43,7 +43,7 @@ from typing import Any, Callable, Sequence
 from nclab.metrics.frames import DEAD, FRAME, KINDS
 from nclab.report import verdicts as V
 
-__all__ = ["STATEMENTS", "decide_claims", "claim_ids"]
+__all__ = ["STATEMENTS", "decide_claims"]
 
 Row = dict[str, Any]
 RowOk = Callable[[Row], bool]
@@ -305,7 +305,3 @@ def decide_claims(rows: Sequence[Row]) -> list[V.ClaimResult]:
     V.apply_holm(out)
     return out
 
-
-def claim_ids(rows: Sequence[Row]) -> list[str]:
-    """The ids :func:`decide_claims` produces for ``rows``."""
-    return [c.id for c in decide_claims(rows)]

@@ -38,15 +38,14 @@ import csv
 import io
 import math
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import numpy as np
 
 from nclab.store.index import RunStore
 
 __all__ = ["METRICS", "TERMINAL_ACC", "STUDY_SWEEP_PREFIX", "COLUMNS", "runs_table", "write_runs_csv",
-           "read_runs_csv", "runs_csv_text", "finite_float", "aggregate", "fit_line", "is_study_store", "cell_counts",
-           "geometry_counts"]
+           "read_runs_csv", "runs_csv_text", "finite_float", "aggregate", "fit_line", "is_study_store", "cell_counts"]
 
 TERMINAL_ACC = 0.999
 STUDY_SWEEP_PREFIX = "md-"
@@ -287,12 +286,6 @@ def cell_counts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     **{k: sum(r.get("geometry") == k for r in rs) for k in KINDS},
                     "no_geometry": sum(r.get("geometry") is None for r in rs)})
     return out
-
-
-def geometry_counts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per (dataset, variant, loss, noise rate): every run's geometry (none left out)."""
-    return [{k: c[k] for k in ("dataset", "variant", "loss", "noise_rate", "realized_noise", "runs",
-                               "orthogonal frame", "dead class", "other", "no_geometry")} for c in cell_counts(rows)]
 
 
 def aggregate(records: list[dict[str, Any]], metric: str) -> dict[tuple, dict[str, float]]:

@@ -13,8 +13,6 @@ Written under ``out_dir`` (default ``STORE/report``, or the folder of the ``runs
 
 from __future__ import annotations
 
-import base64
-import html
 import json
 import math
 import re

@@ -40,6 +40,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from nclab.stats import mean_interval as t_mean_interval
+
 __all__ = [
     "HELD", "NOT_HELD", "INCONCLUSIVE", "INSUFFICIENT", "VERDICTS", "MIN_SEEDS", "CONFIDENCE", "FAMILY_ALPHA",
     "FRACTION_THRESHOLD", "Interval", "ClaimResult", "mean_interval", "fraction_interval", "wilson_interval",
@@ -89,11 +91,10 @@ def mean_interval(values: Sequence[float] | np.ndarray, *, threshold: float = 0.
     sd = float(x.std(ddof=1))
     if not sd > 0:
         return Interval(est, None, None, None, n, "t", f"all {n} values are equal: a zero-width interval")
-    se = sd / math.sqrt(n)
-    q = float(stats.t.ppf(0.5 + confidence / 2, df=n - 1))
-    t = (est - threshold) / se
+    iv = t_mean_interval(x, level=confidence)
+    t = (est - threshold) / (sd / math.sqrt(n))
     p = float(2 * stats.t.sf(abs(t), df=n - 1))
-    return Interval(est, est - q * se, est + q * se, p, n, "t")
+    return Interval(est, iv.lo, iv.hi, p, n, "t")
 
 
 def wilson_interval(k: float, n: int, *, confidence: float = CONFIDENCE) -> tuple[float, float]:

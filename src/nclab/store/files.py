@@ -193,8 +193,6 @@ def check_npz(path: str | Path) -> None:
     import math
     import zipfile
 
-    import numpy as np
-
     path = Path(path)
     try:
         with zipfile.ZipFile(path) as z:
