@@ -26,9 +26,11 @@ $(STAMP_TEST): pyproject.toml $(CONSTRAINTS) | $(BIN)/python
 run: $(STAMP_RUN)
 	$(BIN)/nclab demo
 
-# both cores: each test process sets torch to one thread, and results do not depend on the worker count
+# both cores: each test process sets torch to one thread, and results do not depend on the worker count;
+# worksteal: a worker that runs out of tests takes some of the other's, so neither idles at the end;
+# bytecode caches on, so the many processes the tests start import nclab without recompiling it
 test: $(STAMP_TEST)
-	$(BIN)/python -m pytest -q -n 2
+	PYTHONDONTWRITEBYTECODE= $(BIN)/python -m pytest -q -n 2 --dist worksteal
 
 test-all: test
 

@@ -22,7 +22,6 @@ the scoring time. All at 1 torch thread. Usage: python benchmarks/bench_detect.p
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 

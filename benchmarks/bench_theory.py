@@ -72,7 +72,7 @@ def bench_ufm() -> None:
             it += 1
             pgn = np.linalg.norm(projected_gradient(x, g, lower, upper))
     t_pgd = time.perf_counter() - t0
-    print(f"UFM N=10 K=10 d=16 positive CE, one start, ||pg||_2 <= 1e-8")
+    print("UFM N=10 K=10 d=16 positive CE, one start, ||pg||_2 <= 1e-8")
     print(f"  ours (L-BFGS-B + restarts): {t_ours:.3f} s, ||pg||={res.pg_norm:.1e}, converged={res.converged}, "
           f"rel. objective error {abs(res.objective - cf.objective) / cf.objective:.1e}")
     print(f"  baseline projected GD (Armijo): {t_pgd:.3f} s, {it} iterations, ||pg||={pgn:.1e}, "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import warnings
 
@@ -180,8 +179,8 @@ def test_real_gloo_process_group(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     path = str(tmp_path / "out.pt")
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    mp.spawn(_ddp_worker, args=(2, port, path), nprocs=2, join=True)
+    # forked from this process (torch imported, one thread): no interpreter start-up per rank
+    mp.start_processes(_ddp_worker, args=(2, port, path), nprocs=2, join=True, start_method="fork")
     got = torch.load(path)
     x, y, yc, lin = _data()
     _assert_close(got, _reference(x, y, yc, lin))

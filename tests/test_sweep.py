@@ -20,7 +20,7 @@ from nclab.config import ConfigError
 from nclab.store.index import RunStore
 from nclab.sweep import InlineExecutor, LocalExecutor, SweepSpec, config_hash, expand, run_sweep
 from nclab.sweep.spec import canonical_json
-from nclab.sweep.testing import fake_run
+from nclab.sweep.testing import fake_run, fake_stack_run
 
 CLI = "import typer; from nclab.cli.sweep import register; app = typer.Typer(); register(app); app()"
 
@@ -155,6 +155,56 @@ def test_local_executor_runs_and_survives_a_crashed_worker(tmp_path):
     assert os.getpid() not in pids  # really ran in worker processes
 
 
+def test_worker_preload_names_the_run_functions_modules():
+    import functools
+
+    from nclab.sweep.executors import worker_preload
+    from nclab.sweep.testing import preload_probe
+    from nclab.sweep.trainer import train_run, train_stack_run
+
+    assert worker_preload(fake_run) == ["nclab.sweep.testing"]
+    assert worker_preload(preload_probe) == ["colorsys", "nclab.sweep.testing"]
+    for fn in (train_run, train_stack_run, functools.partial(functools.partial(train_run, log=("tensorboard",))),
+               functools.partial(train_stack_run, experiment="x")):
+        assert worker_preload(fn) == ["nclab.sweep.worker_preload", "nclab.sweep.trainer"]
+
+
+PROBE = textwrap.dedent("""
+    import json, os, sys
+    from nclab.store.index import RunStore
+    from nclab.sweep import LocalExecutor, run_sweep
+    from nclab.sweep.testing import preload_probe
+    if __name__ == "__main__":
+        runs = [{"hash": f"{i:016x}", "name": f"p{i}", "config": {"seed": i}} for i in range(2)]
+        st = RunStore(sys.argv[1])
+        with LocalExecutor(2, context=sys.argv[2]) as ex:
+            s = run_sweep(st, runs, run_fn=preload_probe, executor=ex)
+        print(json.dumps({"driver": os.getpid(), "completed": s.completed,
+                          "finals": [r["final"] for r in st.rows(status="completed")]}))
+""")
+
+
+@pytest.mark.parametrize("context", ["forkserver", "spawn"])
+def test_local_workers_are_forked_from_a_preloaded_server_or_spawned(tmp_path, context):
+    """A fresh driver (the forkserver is one per process): with ``forkserver`` every worker
+    already holds the modules its run function asked for, and is the server's child."""
+    script = tmp_path / "probe.py"
+    script.write_text(PROBE)
+    out = subprocess.run([sys.executable, str(script), str(tmp_path / context), context],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout.splitlines()[-1])
+    assert got["completed"] == 2
+    finals = got["finals"]
+    assert all(f["pid"] != got["driver"] for f in finals)
+    if context == "forkserver":
+        assert all(f["preloaded"] for f in finals)
+        assert {f["ppid"] for f in finals} != {got["driver"]}  # children of the server
+    else:
+        assert not any(f["preloaded"] for f in finals)
+        assert {f["ppid"] for f in finals} == {got["driver"]}
+
+
 class _PoolBrokenAtSubmit(InlineExecutor):
     """A pool that a dying worker broke between the runner's wait and its next submit: the
     submit itself raises, once (``concurrent.futures`` does this for a broken pool)."""
@@ -268,17 +318,23 @@ def test_two_concurrent_sweeps_run_each_run_once(tmp_path):
 
 
 # ----------------------------------------------------------------------------- ray
-def test_ray_executor_local_runtime(tmp_path):
+def test_ray_executor_local_runtime_runs_and_stacks(tmp_path):
+    """One local Ray runtime (its start-up is most of the cost): single runs, then stacks."""
     pytest.importorskip("ray")
     from nclab.sweep import RayExecutor
 
     runs = expand(_spec(grid={"seed": [0, 1, 2, 3]}), resolve=None)
     runs[3].config["fake"] = {"fail": True}
-    st = RunStore(tmp_path)
+    st = RunStore(tmp_path / "single")
+    stacked_runs = expand(_spec(name="r", grid={"seed": [10, 11, 12, 13]}), resolve=None)
+    st2 = RunStore(tmp_path / "stacked")
     with RayExecutor(num_cpus=1, local_cpus=2) as ex:
         assert ex.capacity == 2
         s = run_sweep(st, runs, run_fn=fake_run, executor=ex)
+        s2 = run_sweep(st2, stacked_runs, run_fn=fake_run, stack_fn=fake_stack_run, executor=ex, stack=2)
     assert (s.completed, s.failed) == (3, 1)
     assert "fake failure requested" in st.get(runs[3].hash)["error"]
-    assert all((tmp_path / "runs" / r.hash / "final.json").exists() for r in runs[:3])
+    assert all((tmp_path / "single" / "runs" / r.hash / "final.json").exists() for r in runs[:3])
     assert {r["final"]["pid"] for r in st.rows(status="completed")} - {os.getpid()}
+    assert s2.completed == 4
+    assert {r["final"]["stack_size"] for r in st2.rows(status="completed")} == {2}

@@ -11,7 +11,7 @@ import pytest
 
 from nclab.store.index import RunStore
 from nclab.sweep import InlineExecutor
-from nclab.sweep.search import PRESETS, get_preset, run_search, trial_config
+from nclab.sweep.search import get_preset, run_search, trial_config
 from nclab.sweep.testing import fake_run, fake_score
 
 BASE = {"epochs": 10, "loss": {"name": "ls", "alpha": 0.1}, "optim": {"lr": 0.1}, "schedule": {"gamma": 0.1}}

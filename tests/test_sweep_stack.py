@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import pytest
 import yaml
@@ -71,26 +69,14 @@ def test_failing_member_fails_alone_and_stacks_reach_process_workers(tmp_path):
     assert {rows[r.hash]["final"]["pid"] for i, r in enumerate(runs) if i != 1} - {os.getpid()}  # ran in worker processes
 
 
-def test_ray_executor_runs_stacks(tmp_path):
-    pytest.importorskip("ray")
-    from nclab.sweep import RayExecutor
-
-    spec = SweepSpec.model_validate({"name": "r", "base": {"optim": {"lr": 0.1}}, "grid": {"seed": [0, 1, 2, 3]}})
-    runs = expand(spec, resolve=None)
-    st = RunStore(tmp_path)
-    with RayExecutor(num_cpus=1, local_cpus=2) as ex:
-        s = run_sweep(st, runs, run_fn=fake_run, stack_fn=fake_stack_run, executor=ex, stack=2)
-    assert s.completed == 4
-    assert {r["final"]["stack_size"] for r in st.rows(status="completed")} == {2}
-
-
 @pytest.mark.slow
 def test_results_do_not_depend_on_the_number_of_workers(tmp_path):
+    """One run at a time in this process, then two worker processes side by side."""
     runs = _runs(1)
     finals = []
-    for j in (1, 2):
+    for j, ex in ((1, InlineExecutor()), (2, LocalExecutor(2))):
         st = RunStore(tmp_path / f"j{j}")
-        with LocalExecutor(j) as ex:
+        with ex:
             s = run_sweep(st, runs, run_fn=train_run, executor=ex)
         assert s.completed == len(runs)
         finals.append(_finals(st))
@@ -101,11 +87,15 @@ def test_cli_sweep_with_stack(tmp_path):
     spec = {"name": "cli", "base": {**BASE, "epochs": 2, "eval_every": 2}, "seeds": [0, 1, 2]}
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec))
-    out = subprocess.run([sys.executable, "-m", "nclab", "sweep", str(path), "--store", str(tmp_path / "store"),
-                          "--executor", "inline", "--stack", "3", "--no-progress"],
-                         capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    assert "3 completed now" in out.stdout
+    from typer.testing import CliRunner
+
+    from nclab.cli import _register_all, app
+
+    _register_all()
+    res = CliRunner().invoke(app, ["sweep", str(path), "--store", str(tmp_path / "store"), "--executor", "inline",
+                                   "--stack", "3", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert "3 completed now" in res.output
     st = RunStore(tmp_path / "store")
     assert len(st.rows(status="completed")) == 3
 

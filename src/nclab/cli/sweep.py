@@ -198,7 +198,6 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run every config of a sweep spec once; resumable (kill and rerun) and safe to run twice."""
         from nclab.config import ConfigError  # noqa: PLC0415
-        from nclab.store.index import RunStore  # noqa: PLC0415
         from nclab.sweep import expand, load_spec, make_executor, resolve_run_fn, run_sweep  # noqa: PLC0415
 
         from nclab.configs import resolve_config  # noqa: PLC0415
@@ -296,7 +295,6 @@ def _register_search(app: typer.Typer) -> None:
     ) -> None:
         """Hyperparameter search (Optuna ask-and-tell over our executors); resumable."""
         from nclab.config import ConfigError, load_yaml  # noqa: PLC0415
-        from nclab.store.index import RunStore  # noqa: PLC0415
         from nclab.sweep import make_executor, resolve_run_fn  # noqa: PLC0415
         from nclab.configs import resolve_config  # noqa: PLC0415
         from nclab.sweep.search import get_preset, run_search  # noqa: PLC0415
@@ -364,7 +362,6 @@ def _register_study(app: typer.Typer) -> None:
         stack: int = typer.Option(8, "--stack", help="train up to this many compatible runs as one stacked model per worker (1 = one at a time)"),
     ) -> None:
         """Regenerate the memorization-dilation study: runs (resumable) then the report."""
-        from nclab.store.index import RunStore  # noqa: PLC0415
         from nclab.sweep import make_executor  # noqa: PLC0415
         from nclab.sweep.study import STUDIES, plan_study, run_study  # noqa: PLC0415
 

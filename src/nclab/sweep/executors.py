@@ -5,8 +5,10 @@ an *envelope* ``{"ok": True, "final": {...}, "outcome": ...}`` or ``{"ok": False
 "<traceback>"}``: a run that raises is reported, never propagated, so a sweep goes on.
 ``executor.capacity`` is how many runs it should hold in flight; ``shutdown(cancel=...)``.
 
-* :class:`LocalExecutor` — a process pool (``spawn`` by default; ``forkserver`` allowed).
-  Each worker watches the driver and exits if the driver dies (SIGKILL included), so an
+* :class:`LocalExecutor` — a process pool. By default its workers are forked from a
+  ``forkserver`` that imported torch and the trainer once (:mod:`nclab.sweep.worker_preload`),
+  so N workers, and a pool rebuilt after a crash, do not each pay the import; ``spawn``
+  starts every worker from a fresh interpreter. Each worker watches the driver and exits if the driver dies (SIGKILL included), so an
   orphaned worker never keeps writing to a run that a restarted sweep re-runs. A run's torch
   thread count is its config's ``threads`` (default 1) whatever the number of workers, so
   ``-j1`` and ``-j2`` give the same numbers; the workers' OpenMP/BLAS pools are set to 1
@@ -35,9 +37,11 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import functools
 import multiprocessing as mp
 import os
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -172,6 +176,19 @@ class InlineExecutor(Executor):
         return fut
 
 
+def worker_preload(fn: Callable) -> list[str]:
+    """The modules a forkserver imports for workers that will call ``fn``: those ``fn`` names in
+    its ``worker_preload`` attribute (the built-in trainer: :mod:`nclab.sweep.worker_preload`),
+    then its own module. ``functools.partial`` objects are looked through."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    mods = [str(m) for m in getattr(fn, "worker_preload", ())]
+    mod = getattr(fn, "__module__", None)
+    if mod and mod != "__main__" and mod not in mods:
+        mods.append(mod)
+    return mods
+
+
 def _watch_driver(driver_pid: int, driver_start: int | None, period: float) -> None:
     while True:
         time.sleep(period)
@@ -189,9 +206,11 @@ _worker_signal.nclab_stop_request = True  # type: ignore[attr-defined]  (a train
 
 def _worker_init(driver_pid: int, driver_start: int | None, threads: int) -> None:
     global _HANDLE_SIGNALS
-    # set before torch is imported by the run function (spawned workers import it lazily)
-    os.environ["OMP_NUM_THREADS"] = str(threads)
-    os.environ["MKL_NUM_THREADS"] = str(threads)
+    # read by torch/BLAS when a spawned worker imports them; a forked worker has them already
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
     # a Ctrl-C in the terminal goes to the driver only (it forwards it once): a worker that got
     # it too would count the forwarded copy as a second signal and abandon its epoch
     with contextlib.suppress(OSError):
@@ -205,14 +224,16 @@ def _worker_init(driver_pid: int, driver_start: int | None, threads: int) -> Non
 class LocalExecutor(Executor):
     """A process pool of ``workers`` processes (default ``os.cpu_count()``).
 
-    ``context``: ``"spawn"`` (default; safe with torch and threads) or ``"forkserver"``.
+    ``context``: ``"forkserver"`` (default: workers forked from one warm, single-threaded
+    server; see :mod:`nclab.sweep.worker_preload`) or ``"spawn"`` (a fresh interpreter per
+    worker). Plain ``fork`` is refused: the driver may hold torch threads.
     ``threads_per_worker``: OpenMP/BLAS pool size of each worker (default 1); a run's torch
     intra-op threads are its config's ``threads``.
     """
 
     name = "local"
 
-    def __init__(self, workers: int | None = None, *, context: str = "spawn", threads_per_worker: int | None = None):
+    def __init__(self, workers: int | None = None, *, context: str = "forkserver", threads_per_worker: int | None = None):
         ncpu = os.cpu_count() or 1
         workers = ncpu if workers is None else int(workers)
         if workers < 1:
@@ -224,23 +245,29 @@ class LocalExecutor(Executor):
         self.threads = threads_per_worker or 1
         self._pool: cf.ProcessPoolExecutor | None = None
 
-    def _make(self) -> cf.ProcessPoolExecutor:
+    def _make(self, fn: Callable) -> cf.ProcessPoolExecutor:
         pid = os.getpid()
+        ctx = mp.get_context(self.context)
+        if self.context == "forkserver":
+            # read when this process's server starts (once per driver, so the first pool's run
+            # function decides); "__main__" as multiprocessing's default, so run functions
+            # defined in a script still unpickle in the workers
+            ctx.set_forkserver_preload(["__main__", *worker_preload(fn)])
         return cf.ProcessPoolExecutor(
             max_workers=self.capacity,
-            mp_context=mp.get_context(self.context),
+            mp_context=ctx,
             initializer=_worker_init,
             initargs=(pid, pid_start_time(pid), self.threads),
         )
 
     def submit(self, run_fn: RunFn, config: dict, run_dir: str) -> cf.Future:
         if self._pool is None:
-            self._pool = self._make()
+            self._pool = self._make(run_fn)
         return self._pool.submit(call_run, run_fn, config, run_dir)
 
     def submit_stack(self, stack_fn: StackFn, configs: list[dict], run_dirs: list[str]) -> cf.Future:
         if self._pool is None:
-            self._pool = self._make()
+            self._pool = self._make(stack_fn)
         return self._pool.submit(call_stack, stack_fn, configs, run_dirs)
 
     def restart(self) -> None:
@@ -377,7 +404,7 @@ def make_executor(
     ray_address: str | None = None,
     num_cpus: float = 1.0,
     num_gpus: float = 0.0,
-    context: str = "spawn",
+    context: str = "forkserver",
 ) -> Executor:
     """Build an executor by name: ``local`` (process pool), ``inline`` or ``ray``."""
     if kind == "local":

@@ -23,12 +23,23 @@ from pathlib import Path
 
 from nclab.store.files import append_jsonl, atomic_write_json
 
-__all__ = ["noop_run", "fake_run", "fake_score", "fake_stack_run"]
+__all__ = ["noop_run", "fake_run", "fake_score", "fake_stack_run", "preload_probe"]
 
 
 def noop_run(config: dict, run_dir: str) -> dict:
     """Does nothing; returns ``{"value": 0.0}``."""
     return {"value": 0.0}
+
+
+def preload_probe(config: dict, run_dir: str) -> dict:
+    """Reports where it runs: whether the module it asks a forkserver to preload (``colorsys``,
+    which nothing else imports) was already loaded when it was called, and its parent pid."""
+    import sys  # noqa: PLC0415
+
+    return {"preloaded": "colorsys" in sys.modules, "pid": os.getpid(), "ppid": os.getppid()}
+
+
+preload_probe.worker_preload = ("colorsys",)  # type: ignore[attr-defined]
 
 
 def fake_score(config: dict) -> float:

@@ -116,3 +116,7 @@ def train_stack_run(configs: list[dict], run_dirs: list[str], *, log: tuple[str,
             out[k] = _final(r)
         break
     return out  # type: ignore[return-value]
+
+
+# a process pool's forkserver imports torch and the trainer once for all its workers
+train_run.worker_preload = train_stack_run.worker_preload = ("nclab.sweep.worker_preload",)  # type: ignore[attr-defined]
