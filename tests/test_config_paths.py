@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from nclab.cli import _register_all, app
 from nclab.train import TrainConfig, train
-from nclab.train.config import resolve_config_paths
+from nclab.config import resolve_config_paths
 
 
 def _npz(path: Path) -> None:

@@ -8,6 +8,7 @@ are validated on assignment, and a model round-trips through YAML unchanged.
 from __future__ import annotations
 
 import difflib
+import os
 import re
 import types
 import typing
@@ -362,4 +363,24 @@ def deep_merge(base: dict, over: dict) -> dict:
             out[k] = deep_merge(out[k], v)
         else:
             out[k] = v
+    return out
+
+
+CONFIG_PATH_KEYS: tuple[str, ...] = ("dataset.path", "dataset.data_dir")
+"""Config keys holding file paths: relative values in a YAML file are relative to that file's folder."""
+
+
+def resolve_config_paths(data: dict, folder: str | Path) -> dict:
+    """``data`` with every relative path of :data:`CONFIG_PATH_KEYS` made absolute against
+    ``folder`` (the folder of the YAML file it was read from), so a config trains the same
+    from any working directory. Absolute and ``~`` paths are kept; ``data`` is not modified."""
+    out = dict(data)
+    for dotted in CONFIG_PATH_KEYS:
+        section, key = dotted.split(".")
+        sub = out.get(section)
+        if not isinstance(sub, dict) or not isinstance(sub.get(key), str) or not sub[key]:
+            continue
+        if Path(sub[key]).expanduser().is_absolute():
+            continue
+        out[section] = {**sub, key: os.path.abspath(Path(folder) / sub[key])}
     return out

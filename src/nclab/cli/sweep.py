@@ -298,7 +298,7 @@ def _register_search(app: typer.Typer) -> None:
         from nclab.sweep import make_executor, resolve_run_fn  # noqa: PLC0415
         from nclab.configs import resolve_config  # noqa: PLC0415
         from nclab.sweep.search import get_preset, run_search  # noqa: PLC0415
-        from nclab.train.config import resolve_config_paths  # noqa: PLC0415
+        from nclab.config import resolve_config_paths  # noqa: PLC0415
 
         try:
             path = resolve_config(config)

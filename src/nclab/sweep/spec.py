@@ -38,7 +38,7 @@ from typing import Any, Callable, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from nclab.config import ConfigError, StrictModel, config_error, deep_merge, load_yaml, set_dotted
+from nclab.config import ConfigError, StrictModel, config_error, deep_merge, load_yaml, resolve_config_paths, set_dotted
 
 __all__ = [
     "RandomParam",
@@ -247,8 +247,6 @@ def spec_base(spec: SweepSpec, *, relative_to: Path | None = None) -> dict[str, 
     """The base config of ``spec``: ``base_file`` (relative to ``relative_to``) merged with ``base``.
     Relative data paths (``dataset.path``, ``dataset.data_dir``) are made absolute against the
     folder of the file that holds them."""
-    from nclab.train.config import resolve_config_paths  # noqa: PLC0415
-
     base: dict[str, Any] = {}
     if spec.base_file:
         bf = Path(spec.base_file)

@@ -11,14 +11,21 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from nclab.config import ConfigError, StrictModel, config_error, deep_merge, load_yaml, parse_overrides
+from nclab.config import (
+    ConfigError,
+    StrictModel,
+    config_error,
+    deep_merge,
+    load_yaml,
+    parse_overrides,
+    resolve_config_paths,
+)
 from nclab.losses import LOSSES
 from nclab.metrics.conventions import CONVENTIONS
 from nclab.models import ACTIVATIONS, MODELS
@@ -179,26 +186,6 @@ class StopConfig(StrictModel):
 
     train_acc: float | None = Field(None, gt=0.0, le=1.0)
     patience: int = Field(1, ge=1)
-
-
-CONFIG_PATH_KEYS: tuple[str, ...] = ("dataset.path", "dataset.data_dir")
-"""Config keys holding file paths: relative values in a YAML file are relative to that file's folder."""
-
-
-def resolve_config_paths(data: dict, folder: str | Path) -> dict:
-    """``data`` with every relative path of :data:`CONFIG_PATH_KEYS` made absolute against
-    ``folder`` (the folder of the YAML file it was read from), so a config trains the same
-    from any working directory. Absolute and ``~`` paths are kept; ``data`` is not modified."""
-    out = dict(data)
-    for dotted in CONFIG_PATH_KEYS:
-        section, key = dotted.split(".")
-        sub = out.get(section)
-        if not isinstance(sub, dict) or not isinstance(sub.get(key), str) or not sub[key]:
-            continue
-        if Path(sub[key]).expanduser().is_absolute():
-            continue
-        out[section] = {**sub, key: os.path.abspath(Path(folder) / sub[key])}
-    return out
 
 
 class TrainConfig(StrictModel):
