@@ -5,7 +5,6 @@ narrow-terminal tables, shipped configs (``nclab config``), ``nclab plot``."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -90,23 +89,6 @@ def test_version_flag_and_python_m():
 
 # environment variables with which Rich treats any stream as a terminal
 _FORCE_TTY = ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE")
-
-
-def test_train_by_shipped_name_writes_plain_progress_to_a_log(tmp_path):
-    """``nclab train NAME > log 2>&1``: the log shows each epoch while the run goes on."""
-    log = tmp_path / "log"
-    env = {k: v for k, v in os.environ.items() if k not in _FORCE_TTY}
-    env.update(NCLAB_PROGRESS_SECONDS="0", COLUMNS="80")
-    with open(log, "w") as fh:
-        proc = subprocess.run([sys.executable, "-m", "nclab", "train", "digits-binary", "--set", "epochs=2",
-                               "--set", "save_features=false", "--run-dir", str(tmp_path / "run")],
-                              stdout=fh, stderr=subprocess.STDOUT, cwd=tmp_path, env=env, timeout=300)
-    text = log.read_text()
-    assert proc.returncode == 0, text
-    lines = [ln for ln in text.splitlines() if ln.startswith("digits-binary: epoch")]
-    assert [ln.split()[2] for ln in lines] == ["1/2", "2/2"], text
-    assert "loss" in lines[0] and "test" in lines[0] and "\x1b[" not in text  # plain, no terminal codes
-    assert (tmp_path / "run" / "metrics.jsonl").is_file()
 
 
 def test_plain_progress_is_rate_limited(capsys, monkeypatch):

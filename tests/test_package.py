@@ -1,7 +1,8 @@
 """The built wheel works on its own: a fresh venv holding only the wheel, which sees this
 interpreter's installed packages (torch included) instead of installing them again, a check
 that every declared dependency is there in a version the wheel accepts, and ``nclab train``
-from a config shipped inside the package, run outside the checkout."""
+from a config shipped inside the package, run outside the checkout, its output sent to a log
+file (plain progress, one line per epoch)."""
 
 from __future__ import annotations
 
@@ -92,10 +93,18 @@ def test_wheel_installs_in_a_fresh_venv_and_trains_from_a_shipped_config(tmp_pat
     assert out.stdout.strip() == f"nclab {here.__version__}"
     shown = _run([py, "-m", "nclab", "config", "show", "digits-binary"], cwd=work, env=env).stdout
     assert "name: digits-binary" in shown
-    res = _run([nclab, "train", "digits-binary", "--set", "epochs=1", "--run-dir", "run"], cwd=work, env=env,
-               timeout=600)
-    assert "digits-binary: epoch 1/1" in res.stderr  # plain progress: not a terminal
-    assert "completed" in res.stdout
+    # ``nclab train NAME > log 2>&1``: the log shows each epoch, in plain text (not a terminal)
+    env["COLUMNS"] = "80"
+    log = tmp_path / "log"
+    with open(log, "w") as fh:
+        proc = subprocess.run([str(nclab), "train", "digits-binary", "--set", "epochs=2", "--set", "save_features=false",
+                               "--run-dir", "run"], stdout=fh, stderr=subprocess.STDOUT, cwd=work, env=env, timeout=600)
+    text = log.read_text()
+    assert proc.returncode == 0, text
+    lines = [ln for ln in text.splitlines() if ln.startswith("digits-binary: epoch")]
+    assert [ln.split()[2] for ln in lines] == ["1/2", "2/2"], text
+    assert "loss" in lines[0] and "test" in lines[0] and "\x1b[" not in text  # plain, no terminal codes
+    assert "completed" in text
     assert (work / "run" / "metrics.jsonl").is_file() and (work / "run" / "config.yaml").is_file()
     # the installed package is the wheel's, not the checkout's
     where = _run([py, "-c", "import nclab, sys; print(nclab.__file__)"], cwd=work, env=env).stdout

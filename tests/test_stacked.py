@@ -10,9 +10,6 @@ import copy
 import json
 import os
 import signal
-import subprocess
-import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -245,32 +242,31 @@ def test_incompatible_runs_refused_and_grouping():
 
 
 # ---------------------------------------------------------------- kill -9 and resume
-_CHILD = textwrap.dedent("""
-    import sys, torch
-    torch.set_num_threads(1)
-    sys.path.insert(0, {tests!r})
-    from test_stacked import cfg
-    from nclab.train.stacked import train_stack
-    configs = [cfg(seed=s, epochs=8, eval_every=2, model={{"width": 48}}) for s in range(3)]
-    train_stack(configs, run_dirs=[{root!r} + f"/m{{i}}" for i in range(3)])
-""")
-
-
 def test_killed_stack_resumes_to_uninterrupted_result(tmp_path):
     root = tmp_path / "killed"
-    code = _CHILD.format(tests=str(Path(__file__).parent), root=str(root))
-    proc = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "OMP_NUM_THREADS": "1"})
+    configs = [cfg(seed=s, epochs=8, eval_every=2, model={"width": 48}) for s in range(3)]
+    pid = os.fork()  # a child of this process (torch imported, one thread): no interpreter start-up
+    if pid == 0:
+        code = 1
+        try:
+            torch.set_num_threads(1)
+            train_stack(configs, run_dirs=[root / f"m{i}" for i in range(3)])
+            code = 0
+        finally:
+            os._exit(code)
     ckpt = root / "m2" / "checkpoints" / "last.pt"
     t0 = time.time()
-    while time.time() - t0 < 60 and proc.poll() is None:
-        if ckpt.exists() and len(read_jsonl(root / "m0" / "metrics.jsonl")) >= 1:
-            break
-        time.sleep(0.01)
-    assert proc.poll() is None, "the child finished before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    try:
+        while time.time() - t0 < 60 and os.waitpid(pid, os.WNOHANG) == (0, 0):
+            if ckpt.exists() and len(read_jsonl(root / "m0" / "metrics.jsonl")) >= 1:
+                break
+            time.sleep(0.005)
+        else:
+            raise AssertionError("the child finished before it could be killed")
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
     assert json.loads((root / "m0" / "status.json").read_text())["status"] == "running"
-    configs = [cfg(seed=s, epochs=8, eval_every=2, model={"width": 48}) for s in range(3)]
     resumed = train_stack(configs, run_dirs=[root / f"m{i}" for i in range(3)], resume=True)
     clean = train_stack(configs, run_dirs=[tmp_path / f"c{i}" for i in range(3)])
     for r, c in zip(resumed, clean):

@@ -465,9 +465,10 @@ def md_sweep(
 ) -> list[dict[str, Any]]:
     """Solve every point (keyword sets of :func:`solve_md`) and return their ``to_dict()`` rows, in order.
 
-    ``workers > 1`` solves in a process pool (spawned processes; results do not depend on the
-    number of workers since every point draws its own seeded streams). Spawning costs 3-10 s
-    on 2 cores (each worker imports torch; measured), so points are first solved in this process while the projected
+    ``workers > 1`` solves in a process pool (workers forked from a ``forkserver`` that imports
+    this module once; results do not depend on the number of workers since every point draws
+    its own seeded streams). Starting the pool costs seconds (the server imports torch), so
+    points are first solved in this process while the projected
     serial time of the points left (mean time so far x count left) stays <= ``serial_seconds``;
     only the rest, if any, goes to the pool (``serial_seconds=0``: the pool gets all but the
     first point). ``progress(done, total)`` is called after each point.
@@ -489,7 +490,10 @@ def md_sweep(
             break
     if done == total:
         return rows  # type: ignore[return-value]
-    ctx = multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("forkserver")
+    # read when this process's server starts (a sweep pool may have started it already: then
+    # the workers import this module after the fork, as spawned ones would)
+    ctx.set_forkserver_preload(["__main__", __name__])
     with ProcessPoolExecutor(max_workers=min(workers, total - done), mp_context=ctx) as pool:
         futures = {pool.submit(_solve_point, dict(points[i])): i for i in range(done, total)}
         for fut in as_completed(futures):
