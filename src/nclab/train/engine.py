@@ -154,6 +154,8 @@ class StackEngine:
                                   device=self.y.device)
 
     def remove(self, gone: set[int]) -> None:
+        if not gone:  # the common case, every epoch: nothing to re-stack
+            return
         keep = [k for k in range(len(self.members)) if k not in gone]
         self.members = [self.members[k] for k in keep]
         self.lrs = [self.lrs[k] for k in keep]
