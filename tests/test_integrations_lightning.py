@@ -7,14 +7,13 @@ import warnings
 
 import pytest
 import torch
-from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import lightning.pytorch as L
 
 import nclab
+from lightning_tiny import Tiny
 from nclab.integrations.lightning import NeuralCollapseCallback
-from nclab.integrations.torchmetrics import NeuralCollapse
 from nclab.metrics import nc_metrics
 
 torch.set_num_threads(1)
@@ -32,36 +31,6 @@ def _data():
     return x, noisy, clean
 
 
-class Tiny(L.LightningModule):
-    def __init__(self):
-        super().__init__()
-        g = torch.Generator().manual_seed(1)
-        self.body = nn.Sequential(nn.Linear(D, 16), nn.ReLU())
-        self.fc = nn.Linear(16, C)
-        for p in self.parameters():
-            with torch.no_grad():
-                p.copy_(0.3 * torch.randn(p.shape, generator=g))
-        self.val_nc = NeuralCollapse(C, classifier=self.fc)
-
-    def forward(self, x):
-        return self.fc(self.body(x))
-
-    def training_step(self, batch, _):
-        x, y = batch[:2]
-        return nn.functional.cross_entropy(self(x), y)
-
-    def validation_step(self, batch, _):
-        x, y, yc = batch
-        self.val_nc.update(self.body(x), y, yc)
-
-    def on_validation_epoch_end(self):
-        self.log_dict({f"val_nc/{k}": v for k, v in self.val_nc.compute().items()})
-        self.val_nc.reset()
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.1)
-
-
 def _rows(path):
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
@@ -76,7 +45,7 @@ def test_callback_and_metric_log_through_the_trainer(tmp_path):
                        generator=torch.Generator().manual_seed(2))
     evaluation = DataLoader(TensorDataset(x, noisy, clean), batch_size=64)
     cb = NeuralCollapseCallback(evaluation, every_n_epochs=1)
-    model = Tiny()
+    model = Tiny(C, D)
     trainer = L.Trainer(max_epochs=2, accelerator="cpu", devices=1, logger=CSVLogger(tmp_path, name="nc"),
                         callbacks=[cb], enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=1)

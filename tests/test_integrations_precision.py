@@ -13,11 +13,11 @@ import warnings
 
 import pytest
 import torch
-from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import lightning.pytorch as L
 
+from lightning_tiny import Tiny
 from nclab.integrations.lightning import NeuralCollapseCallback
 from nclab.integrations.torchmetrics import NeuralCollapse
 
@@ -35,42 +35,11 @@ def _data():
     return x, noisy, clean
 
 
-class Tiny(L.LightningModule):
-    def __init__(self):
-        super().__init__()
-        g = torch.Generator().manual_seed(1)
-        self.body = nn.Sequential(nn.Linear(D, 16), nn.ReLU())
-        self.fc = nn.Linear(16, C)
-        with torch.no_grad():
-            for p in self.parameters():
-                p.copy_(0.3 * torch.randn(p.shape, generator=g))
-        self.val_nc = NeuralCollapse(C, classifier=self.fc)
-        self.logged: dict = {}
-
-    def forward(self, x):
-        return self.fc(self.body(x))
-
-    def training_step(self, batch, _):
-        x, y = batch[:2]
-        return nn.functional.cross_entropy(self(x), y)
-
-    def validation_step(self, batch, _):
-        x, y, yc = batch
-        self.val_nc.update(self.body(x), y, yc)
-
-    def on_validation_epoch_end(self):
-        self.logged = {k: float(v) for k, v in self.val_nc.compute().items()}
-        self.val_nc.reset()
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.0)  # weights stay put: runs differ by precision only
-
-
 def _fit(precision: str):
     x, noisy, clean = _data()
     evaluation = DataLoader(TensorDataset(x, noisy, clean), batch_size=64)
     cb = NeuralCollapseCallback(evaluation)
-    model = Tiny()
+    model = Tiny(C, D, lr=0.0)  # weights stay put: runs differ by precision only
     trainer = L.Trainer(max_epochs=1, accelerator="cpu", devices=1, precision=precision, logger=False,
                         callbacks=[cb], enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, num_sanity_val_steps=0, limit_train_batches=1)
@@ -120,6 +89,6 @@ def test_metric_state_stays_float64_through_dtype_moves():
 def test_callback_without_trainer_casts_inputs_to_the_model_dtype():
     x, noisy, clean = _data()
     cb = NeuralCollapseCallback((x, noisy, clean))
-    ref = cb.measure(Tiny())
-    out = cb.measure(Tiny().to(torch.bfloat16))  # float32 data into a bf16 model: no dtype clash
+    ref = cb.measure(Tiny(C, D))
+    out = cb.measure(Tiny(C, D).to(torch.bfloat16))  # float32 data into a bf16 model: no dtype clash
     assert out["train/nc1"] == pytest.approx(ref["train/nc1"], rel=BF16_RTOL)
