@@ -24,26 +24,14 @@ import torch
 from nclab.store.files import append_jsonl, read_jsonl
 from nclab.train import TIMING_KEYS, TrainConfig, load_checkpoint, train
 from nclab.store.rundir import LOCK, RunDirError, RunLock, RunLockError
+from tiny_run import tiny_config
 
-TINY = {
-    "epochs": 6, "batch_size": 16, "device": "cpu", "threads": 1, "record_dynamics": True,
-    "dataset": {"name": "synthetic", "classes": 2,
-                "options": {"train_per_class": 40, "test_per_class": 20, "shape": [1, 4, 4]}},
-    "noise": {"kind": "symmetric", "rate": 0.2},
-    "model": {"depth": 2, "width": 16},
-    "optim": {"lr": 0.05},
-}
+# a little larger than the shared tiny run (dotted keys: one nested field each)
+SIZE = {"epochs": 6, "dataset.options.train_per_class": 40, "dataset.options.test_per_class": 20, "model.width": 16}
 
 
 def tiny(**over) -> TrainConfig:
-    data = json.loads(json.dumps(TINY))
-    for k, v in over.items():
-        cur = data
-        *head, last = k.split(".")
-        for h in head:
-            cur = cur.setdefault(h, {})
-        cur[last] = v
-    return TrainConfig.from_dict(data)
+    return tiny_config(**{**SIZE, **over})
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -19,23 +19,13 @@ from nclab.cli import _register_all, app
 from nclab.store.files import append_jsonl, read_jsonl
 from nclab.train import TIMING_KEYS, TrainConfig, train
 from nclab.store.rundir import RunDirError
+from tiny_run import TINY, tiny_config
 
 _register_all()
 runner = CliRunner()
 
-TINY = {
-    "epochs": 4, "batch_size": 16, "device": "cpu", "threads": 1, "record_dynamics": True,
-    "dataset": {"name": "synthetic", "classes": 2,
-                "options": {"train_per_class": 20, "test_per_class": 10, "shape": [1, 4, 4]}},
-    "noise": {"kind": "symmetric", "rate": 0.2},
-    "model": {"depth": 2, "width": 8},
-    "optim": {"lr": 0.05},
-}
-
-
-
 def cfg(**over) -> TrainConfig:
-    return TrainConfig.from_dict({**TINY, **over})
+    return tiny_config(**over)
 
 
 @pytest.fixture(scope="module")

@@ -22,19 +22,12 @@ import nclab.store.files as files
 from nclab.cli import _register_all, app
 from nclab.store.index import RunStore
 from nclab.train import TIMING_KEYS
+from tiny_run import tiny_dict
 
 _register_all()
 runner = CliRunner()
 
-BASE = {
-    "epochs": 6, "batch_size": 16, "device": "cpu", "threads": 1, "record_dynamics": True,
-    "dataset": {"name": "synthetic", "classes": 2,
-                "options": {"train_per_class": 20, "test_per_class": 10, "shape": [1, 4, 4]}},
-    "noise": {"kind": "symmetric", "rate": 0.2},
-    "model": {"depth": 2, "width": 8},
-    "optim": {"lr": 0.05},
-}
-
+BASE = tiny_dict(epochs=6)
 
 
 def spec_file(tmp_path: Path, seeds=(0, 1, 2), **base_over) -> Path:
